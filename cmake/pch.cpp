@@ -1,0 +1,2 @@
+// Anchor translation unit for the shared precompiled <torch/torch.h>.
+#include <torch/torch.h>

@@ -1,0 +1,73 @@
+#pragma once
+// Exceptions thrown by rectrain. Bad input always says where it is: file,
+// line and column for text files, tensor name and shape for tensors.
+
+#include <cstdint>
+#include <sstream>
+#include <stdexcept>
+#include <string>
+#include <utility>
+
+namespace rectrain {
+
+/// Base of every exception rectrain throws.
+class Error : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
+
+/// A problem at a position in an input file. `line` and `column` are
+/// 1-based; `column` counts fields (CSV columns), 0 when the problem is the
+/// whole line or file.
+class InputError : public Error {
+ public:
+  InputError(std::string file, int64_t line, int64_t column,
+             std::string column_name, const std::string& message)
+      : Error(format(file, line, column, column_name, message)),
+        file_(std::move(file)),
+        line_(line),
+        column_(column),
+        column_name_(std::move(column_name)) {}
+
+  const std::string& file() const noexcept { return file_; }
+  int64_t line() const noexcept { return line_; }
+  int64_t column() const noexcept { return column_; }
+  const std::string& column_name() const noexcept { return column_name_; }
+
+ private:
+  static std::string format(const std::string& file, int64_t line,
+                            int64_t column, const std::string& column_name,
+                            const std::string& message) {
+    std::ostringstream out;
+    out << file;
+    if (line > 0) out << ':' << line;
+    if (column > 0) out << ':' << column;
+    out << ": ";
+    if (!column_name.empty()) out << "column '" << column_name << "': ";
+    out << message;
+    return out.str();
+  }
+
+  std::string file_;
+  int64_t line_;
+  int64_t column_;
+  std::string column_name_;
+};
+
+/// A tensor argument of the wrong shape, type or content.
+class TensorError : public Error {
+ public:
+  using Error::Error;
+};
+
+namespace detail {
+
+template <typename... Args>
+std::string concat(const Args&... args) {
+  std::ostringstream out;
+  (out << ... << args);
+  return out.str();
+}
+
+} // namespace detail
+} // namespace rectrain

@@ -1,0 +1,429 @@
+#pragma once
+// A dataset directory in the layout of DATA_FORMAT.md, loaded into columnar
+// CPU tensors with raw ids remapped to dense indices. Each file may be a CSV
+// (`interactions.csv`) or a torch.save dict of tensors (`interactions.pt`).
+// A binary cache (LibTorch serialization) reloads the result quickly.
+
+#include <rectrain/core/atomic_file.hpp>
+#include <rectrain/core/error.hpp>
+#include <rectrain/core/id_map.hpp>
+#include <rectrain/data/csv.hpp>
+#include <rectrain/data/table.hpp>
+#include <rectrain/data/tensor_file.hpp>
+
+#include <torch/torch.h>
+
+#include <algorithm>
+#include <numeric>
+#include <string>
+#include <vector>
+
+#include <sys/stat.h>
+
+namespace rectrain {
+
+/// The standard signals of an interaction row, in file order.
+inline const std::vector<std::string>& standard_signals() {
+  static const std::vector<std::string> names{"timespent", "like", "dislike", "share", "bookmarks"};
+  return names;
+}
+
+struct DatasetOptions {
+  /// Load candidates.csv / .pt when present.
+  TORCH_ARG(bool, load_candidates) = true;
+  /// Fail when there is no candidates file.
+  TORCH_ARG(bool, require_candidates) = false;
+};
+
+/// Everything in a dataset directory, on the CPU, ids remapped.
+struct Dataset {
+  IdMap user_ids;    ///< raw user_id <-> dense user index
+  IdMap item_ids;    ///< raw item_id <-> dense item index
+  IdMap source_ids;  ///< raw source_id (0 = unknown, not in the map) <-> dense
+
+  /// One row per view, in file order: `user`, `item` (dense int64), then
+  /// the signals: timespent (float32), like, dislike, share, bookmarks
+  /// (uint8), and any extra numeric column of the file (float32).
+  Table interactions;
+  /// One row per dense user: `gender` (int64, 0 unknown), `age` (float32).
+  Table users;
+  /// One row per dense item: `source` (int64 dense, -1 unknown), `duration`
+  /// (float32), `embedding` [items, D] float32 (D may be 0).
+  Table items;
+  /// Pairs to score: `user`, `item` (dense, -1 when cold), `user_id`,
+  /// `item_id` (raw), and `target` (int64) when the file has it.
+  Table candidates;
+
+  int64_t num_users() const noexcept { return user_ids.size(); }
+  int64_t num_items() const noexcept { return item_ids.size(); }
+  int64_t num_sources() const noexcept { return source_ids.size(); }
+  int64_t num_interactions() const noexcept { return interactions.num_rows(); }
+  int64_t embedding_dim() const { return items["embedding"].size(1); }
+
+  /// Names of the interaction signals (every column but `user` and `item`).
+  std::vector<std::string> signal_names() const {
+    std::vector<std::string> out;
+    for (const auto& name : interactions.names())
+      if (name != "user" && name != "item") out.push_back(name);
+    return out;
+  }
+
+  /// like - dislike per interaction, int8 in {-1, 0, 1}.
+  torch::Tensor interaction_targets() const {
+    return (interactions["like"].to(torch::kInt8) - interactions["dislike"].to(torch::kInt8));
+  }
+};
+
+namespace detail {
+
+inline bool file_exists(const std::string& path) {
+  struct stat st {};
+  return ::stat(path.c_str(), &st) == 0 && S_ISREG(st.st_mode);
+}
+
+inline std::string join_path(const std::string& dir, const std::string& name) {
+  if (dir.empty() || dir.back() == '/') return dir + name;
+  return dir + "/" + name;
+}
+
+/// Converts and validates one column of a tensor file against its field.
+inline torch::Tensor conform_column(const torch::Tensor& raw, const CsvField& field,
+                                    const std::string& path) {
+  if (raw.dim() != 1)
+    throw InputError(path, 0, 0, field.name,
+                     concat("expected a 1-D tensor, found shape ", raw.sizes()));
+  const bool integral = !at::isFloatingType(raw.scalar_type()) &&
+                        !at::isComplexType(raw.scalar_type());
+  auto fail_at = [&](const torch::Tensor& bad, const std::string& what) {
+    const int64_t row = bad.nonzero().view(-1)[0].item<int64_t>();
+    throw InputError(path, 0, 0, field.name,
+                     concat("row ", row, ": ", what, ", got ", raw[row].item<double>()));
+  };
+  switch (field.type) {
+    case CsvType::Id:
+    case CsvType::Integer: {
+      if (!integral)
+        throw InputError(path, 0, 0, field.name,
+                         concat("expected an integer tensor, found ", raw.scalar_type()));
+      auto v = raw.to(torch::kInt64);
+      if (field.type == CsvType::Id) {
+        if ((v < 0).any().item<bool>()) fail_at(v < 0, "expected a non-negative id");
+      } else {
+        auto bad = (v < field.min_value) | (v > field.max_value);
+        if (bad.any().item<bool>())
+          fail_at(bad, concat("expected a value in [", field.min_value, ", ", field.max_value, "]"));
+      }
+      return v;
+    }
+    case CsvType::Flag: {
+      auto bad = (raw != 0) & (raw != 1);
+      if (bad.any().item<bool>()) fail_at(bad, "expected a flag 0 or 1");
+      return raw.to(torch::kUInt8);
+    }
+    case CsvType::Number:
+    case CsvType::NonNegativeNumber: {
+      auto v = raw.to(torch::kFloat32);
+      auto bad = v.isfinite().logical_not();
+      if (bad.any().item<bool>()) fail_at(bad, "NaN or infinite number is not allowed");
+      if (field.type == CsvType::NonNegativeNumber && (v < 0).any().item<bool>())
+        fail_at(v < 0, "expected a non-negative number");
+      return v;
+    }
+  }
+  return raw;
+}
+
+/// Reads `<dir>/<stem>.csv`, else `<dir>/<stem>.pt`; an absent file gives an
+/// empty table (the caller decides whether that is an error). `extra_fields`
+/// names columns (like emb_*) that only the header can reveal.
+inline Table read_table_file(const std::string& dir, const std::string& stem,
+                             std::vector<CsvField> fields, ExtraColumns extra,
+                             std::string& path_out, bool embedding_columns = false,
+                             int64_t* embedding_dim = nullptr) {
+  const std::string csv = join_path(dir, stem + ".csv");
+  const std::string pt = join_path(dir, stem + ".pt");
+  auto add_embedding_fields = [&](const std::vector<std::string>& header, const std::string& path) {
+    // emb_0..emb_{D-1}, each once and without gaps.
+    std::vector<std::pair<int64_t, int64_t>> found;  // (k, column)
+    for (size_t c = 0; c < header.size(); ++c) {
+      const auto& h = header[c];
+      if (h.size() > 4 && h.compare(0, 4, "emb_") == 0 &&
+          std::all_of(h.begin() + 4, h.end(), [](char ch) { return ch >= '0' && ch <= '9'; }) &&
+          (h.size() == 5 || h[4] != '0'))
+        found.emplace_back(std::stoll(h.substr(4)), static_cast<int64_t>(c));
+    }
+    std::sort(found.begin(), found.end());
+    for (size_t k = 0; k < found.size(); ++k)
+      if (found[k].first != static_cast<int64_t>(k))
+        throw InputError(path, 1, found[k].second + 1, header[static_cast<size_t>(found[k].second)],
+                         concat("embedding columns must be emb_0..emb_", found.size() - 1,
+                                " without gaps, but emb_", k, " is missing"));
+    for (size_t k = 0; k < found.size(); ++k)
+      fields.push_back({concat("emb_", k), CsvType::Number});
+    if (embedding_dim) *embedding_dim = static_cast<int64_t>(found.size());
+  };
+  if (file_exists(csv)) {
+    path_out = csv;
+    CsvFile file(csv);
+    if (embedding_columns) add_embedding_fields(file.header(), csv);
+    return file.read(fields, CsvOptions().extra_columns(extra));
+  }
+  if (file_exists(pt)) {
+    path_out = pt;
+    Table raw = load_tensor_table(pt);
+    if (embedding_columns) add_embedding_fields(raw.names(), pt);
+    Table out;
+    for (const auto& field : fields) {
+      if (!raw.contains(field.name)) {
+        if (field.required)
+          throw InputError(pt, 0, 0, field.name, "missing required column");
+        continue;
+      }
+      out.add(field.name, conform_column(raw[field.name], field, pt));
+    }
+    std::string ignored;
+    for (const auto& name : raw.names()) {
+      if (out.contains(name)) continue;
+      if (extra == ExtraColumns::KeepAsNumber)
+        out.add(name, conform_column(raw[name], {name, CsvType::Number}, pt));
+      else
+        ignored += (ignored.empty() ? "" : ", ") + name;
+    }
+    if (!ignored.empty()) TORCH_WARN(pt, ": ignoring unknown column(s): ", ignored);
+    return out;
+  }
+  path_out = csv;
+  return Table();
+}
+
+/// Throws on the first raw id that repeats (the later row is reported).
+inline void check_unique_ids(const torch::Tensor& ids, const std::string& path,
+                             const std::string& column, int64_t column_number) {
+  const int64_t n = ids.numel();
+  std::vector<int64_t> order(static_cast<size_t>(n));
+  std::iota(order.begin(), order.end(), 0);
+  const int64_t* v = ids.data_ptr<int64_t>();
+  std::stable_sort(order.begin(), order.end(), [&](int64_t a, int64_t b) { return v[a] < v[b]; });
+  int64_t worst = -1, first = -1;
+  for (int64_t i = 1; i < n; ++i) {
+    const int64_t a = order[static_cast<size_t>(i - 1)], b = order[static_cast<size_t>(i)];
+    if (v[a] == v[b] && (worst < 0 || b < worst)) {
+      worst = b;
+      int64_t j = i - 1;
+      while (j > 0 && v[order[static_cast<size_t>(j - 1)]] == v[b]) --j;
+      first = order[static_cast<size_t>(j)];
+    }
+  }
+  if (worst >= 0) {
+    const bool csv = path.size() >= 4 && path.compare(path.size() - 4, 4, ".csv") == 0;
+    throw InputError(path, csv ? worst + 2 : 0, csv ? column_number : 0, column,
+                     concat("duplicate ", column, " ", v[worst], " (first at ",
+                            csv ? "line " : "row ", csv ? first + 2 : first, ")"));
+  }
+}
+
+inline int64_t header_position(const std::string& path, const std::string& column) {
+  if (path.size() < 4 || path.compare(path.size() - 4, 4, ".csv") != 0) return 0;
+  return CsvFile(path).column_index(column) + 1;
+}
+
+} // namespace detail
+
+/// Loads a dataset directory (see DATA_FORMAT.md).
+inline Dataset load_dataset(const std::string& dir, const DatasetOptions& options = {}) {
+  Dataset ds;
+  std::string path;
+
+  // Interactions: required, non-empty; extra numeric columns become signals.
+  std::vector<CsvField> interaction_fields{{"user_id", CsvType::Id}, {"item_id", CsvType::Id},
+                                           {"timespent", CsvType::NonNegativeNumber}};
+  for (const auto& flag : {"like", "dislike", "share", "bookmarks"})
+    interaction_fields.push_back({flag, CsvType::Flag});
+  Table raw = detail::read_table_file(dir, "interactions", interaction_fields,
+                                      ExtraColumns::KeepAsNumber, path);
+  if (raw.num_columns() == 0)
+    throw InputError(path, 0, 0, "", "missing file (interactions.csv or interactions.pt is required)");
+  if (raw.num_rows() == 0)
+    throw InputError(path, 2, 0, "", "no interaction rows: the dataset needs at least one view");
+  const std::string interactions_path = path;
+
+  std::string users_path, items_path;
+  Table users_raw = detail::read_table_file(
+      dir, "users", {{"user_id", CsvType::Id}, {"gender", CsvType::Integer, true, 0, 2},
+                     {"age", CsvType::NonNegativeNumber}},
+      ExtraColumns::Ignore, users_path);
+  int64_t embedding_dim = 0;
+  Table items_raw = detail::read_table_file(
+      dir, "items", {{"item_id", CsvType::Id}, {"source_id", CsvType::Id},
+                     {"duration", CsvType::NonNegativeNumber}},
+      ExtraColumns::Ignore, items_path, /*embedding_columns=*/true, &embedding_dim);
+  if (users_raw.num_columns() > 0)
+    detail::check_unique_ids(users_raw["user_id"], users_path, "user_id",
+                             detail::header_position(users_path, "user_id"));
+  if (items_raw.num_columns() > 0)
+    detail::check_unique_ids(items_raw["item_id"], items_path, "item_id",
+                             detail::header_position(items_path, "item_id"));
+
+  // Vocabularies: every user and item seen in the interactions or described
+  // in the metadata files (a described item may be a cold candidate).
+  std::vector<torch::Tensor> user_columns{raw["user_id"]}, item_columns{raw["item_id"]};
+  if (users_raw.num_columns() > 0) user_columns.push_back(users_raw["user_id"]);
+  if (items_raw.num_columns() > 0) item_columns.push_back(items_raw["item_id"]);
+  ds.user_ids = IdMap::from_ids(user_columns);
+  ds.item_ids = IdMap::from_ids(item_columns);
+
+  ds.interactions.add("user", ds.user_ids.encode(raw["user_id"]));
+  ds.interactions.add("item", ds.item_ids.encode(raw["item_id"]));
+  for (const auto& name : raw.names())
+    if (name != "user_id" && name != "item_id") ds.interactions.add(name, raw[name]);
+
+  // Per-user features, unknown (0) where users.csv says nothing.
+  auto gender = torch::zeros({ds.num_users()}, torch::kInt64);
+  auto age = torch::zeros({ds.num_users()}, torch::kFloat32);
+  if (users_raw.num_columns() > 0) {
+    const auto rows = ds.user_ids.encode(users_raw["user_id"]);
+    gender.index_copy_(0, rows, users_raw["gender"]);
+    age.index_copy_(0, rows, users_raw["age"]);
+  }
+  ds.users.add("gender", gender).add("age", age);
+
+  // Per-item features; source 0 means unknown and maps to -1.
+  auto source = torch::full({ds.num_items()}, -1, torch::kInt64);
+  auto duration = torch::zeros({ds.num_items()}, torch::kFloat32);
+  auto embedding = torch::zeros({ds.num_items(), embedding_dim}, torch::kFloat32);
+  if (items_raw.num_columns() > 0) {
+    const auto rows = ds.item_ids.encode(items_raw["item_id"]);
+    const auto raw_source = items_raw["source_id"];
+    const auto known = raw_source != 0;
+    ds.source_ids = IdMap::from_ids({raw_source.masked_select(known)});
+    source.index_copy_(0, rows, torch::where(known, ds.source_ids.encode(raw_source),
+                                             torch::full_like(raw_source, -1)));
+    duration.index_copy_(0, rows, items_raw["duration"]);
+    if (embedding_dim > 0) {
+      std::vector<torch::Tensor> parts;
+      for (int64_t k = 0; k < embedding_dim; ++k)
+        parts.push_back(items_raw[detail::concat("emb_", k)]);
+      embedding.index_copy_(0, rows, torch::stack(parts, 1));
+    }
+  }
+  ds.items.add("source", source).add("duration", duration).add("embedding", embedding);
+
+  if (options.load_candidates()) {
+    std::string candidates_path;
+    Table c = detail::read_table_file(
+        dir, "candidates", {{"user_id", CsvType::Id}, {"item_id", CsvType::Id},
+                            {"target", CsvType::Integer, false, -1, 1}},
+        ExtraColumns::Ignore, candidates_path);
+    if (c.num_columns() == 0) {
+      if (options.require_candidates())
+        throw InputError(candidates_path, 0, 0, "", "missing file (candidates.csv is required)");
+    } else {
+      // Unknown users or items are scored (as cold), never rejected: they
+      // map to -1 and models fall back to their out-of-vocabulary rows.
+      ds.candidates.add("user", ds.user_ids.encode(c["user_id"]))
+          .add("item", ds.item_ids.encode(c["item_id"]))
+          .add("user_id", c["user_id"])
+          .add("item_id", c["item_id"]);
+      if (c.contains("target")) ds.candidates.add("target", c["target"]);
+      // Each (user_id, item_id) pair at most once.
+      const auto u = c["user_id"], i = c["item_id"];
+      const int64_t n = u.numel();
+      std::vector<int64_t> order(static_cast<size_t>(n));
+      std::iota(order.begin(), order.end(), 0);
+      const int64_t *pu = u.data_ptr<int64_t>(), *pi = i.data_ptr<int64_t>();
+      std::stable_sort(order.begin(), order.end(), [&](int64_t a, int64_t b) {
+        return pu[a] != pu[b] ? pu[a] < pu[b] : pi[a] < pi[b];
+      });
+      int64_t worst = -1;
+      for (int64_t k = 1; k < n; ++k) {
+        const int64_t a = order[static_cast<size_t>(k - 1)], b = order[static_cast<size_t>(k)];
+        if (pu[a] == pu[b] && pi[a] == pi[b] && (worst < 0 || b < worst)) worst = b;
+      }
+      if (worst >= 0) {
+        const bool csv = candidates_path.size() >= 4 &&
+                         candidates_path.compare(candidates_path.size() - 4, 4, ".csv") == 0;
+        throw InputError(candidates_path, csv ? worst + 2 : 0, 0, "",
+                         detail::concat("duplicate candidate pair (user_id ", pu[worst],
+                                        ", item_id ", pi[worst], ")"));
+      }
+    }
+  }
+  (void)interactions_path;
+  return ds;
+}
+
+namespace detail {
+inline constexpr const char* dataset_cache_format = "rectrain-dataset-v1";
+
+inline void write_table(torch::serialize::OutputArchive& archive, const std::string& prefix,
+                        const Table& table) {
+  std::string names;
+  for (const auto& item : table.columns()) {
+    names += (names.empty() ? "" : "\n") + item.key();
+    archive.write(prefix + "." + item.key(), item.value());
+  }
+  archive.write(prefix + "#columns", c10::IValue(names));
+}
+
+inline Table read_table(torch::serialize::InputArchive& archive, const std::string& prefix) {
+  c10::IValue names_value;
+  archive.read(prefix + "#columns", names_value);
+  const std::string names = names_value.toStringRef();
+  Table table;
+  size_t start = 0;
+  while (start < names.size()) {
+    const size_t stop = std::min(names.find('\n', start), names.size());
+    const std::string name = names.substr(start, stop - start);
+    torch::Tensor t;
+    archive.read(prefix + "." + name, t);
+    table.add(name, t);
+    start = stop + 1;
+  }
+  return table;
+}
+} // namespace detail
+
+/// Saves a loaded dataset in LibTorch's serialization format, atomically.
+inline void save_dataset_cache(const Dataset& ds, const std::string& path) {
+  torch::serialize::OutputArchive archive;
+  archive.write("format", c10::IValue(std::string(detail::dataset_cache_format)));
+  archive.write("user_ids", ds.user_ids.raw_ids());
+  archive.write("item_ids", ds.item_ids.raw_ids());
+  archive.write("source_ids", ds.source_ids.raw_ids());
+  detail::write_table(archive, "interactions", ds.interactions);
+  detail::write_table(archive, "users", ds.users);
+  detail::write_table(archive, "items", ds.items);
+  detail::write_table(archive, "candidates", ds.candidates);
+  write_atomically(path, [&](const std::string& temp) { archive.save_to(temp); });
+}
+
+/// Loads what save_dataset_cache wrote.
+inline Dataset load_dataset_cache(const std::string& path) {
+  if (!detail::file_exists(path)) throw InputError(path, 0, 0, "", "cannot open: no such file");
+  torch::serialize::InputArchive archive;
+  Dataset ds;
+  try {
+    archive.load_from(path);
+    c10::IValue format;
+    archive.read("format", format);
+    if (!format.isString() || format.toStringRef() != detail::dataset_cache_format)
+      throw InputError(path, 0, 0, "", "not a rectrain dataset cache (or an incompatible version)");
+    torch::Tensor users, items, sources;
+    archive.read("user_ids", users);
+    archive.read("item_ids", items);
+    archive.read("source_ids", sources);
+    ds.user_ids = IdMap::from_sorted_unique(users);
+    ds.item_ids = IdMap::from_sorted_unique(items);
+    ds.source_ids = IdMap::from_sorted_unique(sources);
+    ds.interactions = detail::read_table(archive, "interactions");
+    ds.users = detail::read_table(archive, "users");
+    ds.items = detail::read_table(archive, "items");
+    ds.candidates = detail::read_table(archive, "candidates");
+  } catch (const c10::Error& e) {
+    throw InputError(path, 0, 0, "",
+                     detail::concat("unreadable dataset cache: ", e.what_without_backtrace()));
+  }
+  return ds;
+}
+
+} // namespace rectrain

@@ -1,0 +1,65 @@
+#pragma once
+// Shared test helpers: temporary directories, writing small files, locating
+// ../shared (tests that need it skip cleanly without it).
+
+#include <rectrain/core/error.hpp>
+
+#include <torch/torch.h>
+#include <vector>
+
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <string>
+
+namespace rectrain_test {
+
+namespace fs = std::filesystem;
+
+/// A fresh directory removed when the object dies.
+class TempDir {
+ public:
+  TempDir() {
+    std::string pattern = (fs::temp_directory_path() / "rectrain-test-XXXXXX").string();
+    if (!::mkdtemp(pattern.data())) throw std::runtime_error("mkdtemp failed");
+    path_ = pattern;
+  }
+  ~TempDir() {
+    std::error_code ec;
+    fs::remove_all(path_, ec);
+  }
+  TempDir(const TempDir&) = delete;
+  TempDir& operator=(const TempDir&) = delete;
+  const fs::path& path() const { return path_; }
+  std::string file(const std::string& name) const { return (path_ / name).string(); }
+
+ private:
+  fs::path path_;
+};
+
+inline void write_file(const std::string& path, const std::string& text) {
+  std::ofstream out(path, std::ios::binary);
+  out << text;
+}
+
+inline std::string read_file(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  return std::string((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+}
+
+/// ../shared/data/<name> beside the source tree, or "" when absent.
+inline std::string shared_dataset(const std::string& name) {
+  const char* env = std::getenv("RECTRAIN_SHARED_DIR");
+  fs::path root = env ? fs::path(env) : fs::path(RECTRAIN_SOURCE_DIR) / ".." / "shared";
+  fs::path dir = root / "data" / name;
+  return fs::exists(dir / "interactions.csv") ? dir.string() : std::string();
+}
+
+} // namespace rectrain_test
+
+namespace rectrain_test {
+/// An int64 tensor from literal values (torch::tensor is ambiguous on long long).
+inline torch::Tensor i64(std::vector<int64_t> values) {
+  return torch::tensor(values, torch::kInt64);
+}
+} // namespace rectrain_test

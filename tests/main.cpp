@@ -1,0 +1,11 @@
+// Catch2 v2's runner, with LibTorch's thread count pinned so results do not
+// depend on how many cores the machine has.
+#define CATCH_CONFIG_RUNNER
+#include "catch.hpp"
+
+#include <torch/torch.h>
+
+int main(int argc, char** argv) {
+  torch::set_num_threads(2);
+  return Catch::Session().run(argc, argv);
+}
