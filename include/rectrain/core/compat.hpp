@@ -23,7 +23,7 @@ inline constexpr auto nullopt = c10::nullopt;
 inline at::Generator make_generator(torch::Device device, uint64_t seed) {
   at::Generator gen;
   {
-    auto& base = at::globalContext().defaultGenerator(device);
+    at::Generator base = at::globalContext().defaultGenerator(device);
     std::lock_guard<std::mutex> lock(base.mutex());
     gen = base.clone();
   }

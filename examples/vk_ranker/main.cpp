@@ -1,0 +1,165 @@
+// rectrain-vk: the VK RecSys Challenge 2024 recipe, end to end.
+// Subcommands so far: synth, baseline, eval, demo.
+
+#include <rectrain/rectrain.hpp>
+
+#include <CLI/CLI.hpp>
+#include <torch/torch.h>
+
+#include <chrono>
+#include <cstdio>
+#include <filesystem>
+#include <iostream>
+#include <thread>
+
+namespace {
+
+using clock_type = std::chrono::steady_clock;
+
+double seconds_since(clock_type::time_point t0) {
+  return std::chrono::duration<double>(clock_type::now() - t0).count();
+}
+
+struct BaselineScores {
+  std::string name;
+  torch::Tensor scores;
+};
+
+std::vector<BaselineScores> score_baselines(const rectrain::Dataset& ds, uint64_t seed) {
+  return {{"random", rectrain::random_scores(ds.candidates.num_rows(), seed)},
+          {"popularity", rectrain::popularity_scores(ds)},
+          {"like_rate", rectrain::like_rate_scores(ds)}};
+}
+
+void print_gauc(const std::string& name, const rectrain::Dataset& ds, const torch::Tensor& scores) {
+  const auto m = rectrain::gauc(ds.candidates["user"].eq(-1).any().item<bool>() ? ds.candidates["user_id"]
+                                                                                  : ds.candidates["user"],
+                                ds.candidates["target"], scores);
+  std::printf("%-12s GAUC %.6f users %lld\n", name.c_str(), m.value, static_cast<long long>(m.users));
+}
+
+int run_synth(double scale, const std::string& out, uint64_t seed) {
+  const auto t0 = clock_type::now();
+  const auto s = rectrain::generate_synthetic(out, rectrain::SyntheticOptions::at_scale(scale).seed(seed));
+  std::printf("synth: %lld users, %lld items, %lld sources, %lld interactions, %lld candidates in %s (%.1f s)\n",
+              static_cast<long long>(s.users), static_cast<long long>(s.items),
+              static_cast<long long>(s.sources), static_cast<long long>(s.interactions),
+              static_cast<long long>(s.candidates), out.c_str(), seconds_since(t0));
+  std::printf("synth: like %.4f%%, dislike %.4f%%, share %.4f%%, bookmarks %.4f%%\n", 100 * s.like_rate,
+              100 * s.dislike_rate, 100 * s.share_rate, 100 * s.bookmark_rate);
+  return 0;
+}
+
+int run_baseline(const std::string& data, const std::string& predictions, const std::string& which,
+                 uint64_t seed) {
+  const auto ds = rectrain::load_dataset(data, rectrain::DatasetOptions().require_candidates(true));
+  if (!ds.candidates.contains("target"))
+    std::printf("baseline: %s/candidates has no target column; writing predictions only\n", data.c_str());
+  torch::Tensor chosen;
+  for (const auto& b : score_baselines(ds, seed)) {
+    if (ds.candidates.contains("target")) print_gauc(b.name, ds, b.scores);
+    if (b.name == which) chosen = b.scores;
+  }
+  if (!chosen.defined())
+    throw rectrain::Error("baseline: --write must be one of random, popularity, like_rate; got " + which);
+  rectrain::write_predictions(predictions, ds.candidates["user_id"], ds.candidates["item_id"], chosen);
+  std::printf("baseline: wrote %s (%s)\n", predictions.c_str(), which.c_str());
+  return 0;
+}
+
+int run_eval(const std::string& candidates, const std::string& predictions) {
+  const auto c = rectrain::read_csv(candidates, {{"user_id", rectrain::CsvType::Id},
+                                                 {"item_id", rectrain::CsvType::Id},
+                                                 {"target", rectrain::CsvType::Integer, true, -1, 1}});
+  const auto scores = rectrain::match_predictions(predictions, c["user_id"], c["item_id"]);
+  const auto m = rectrain::gauc(c["user_id"], c["target"], scores);
+  std::printf("GAUC %.6f users %lld\n", m.value, static_cast<long long>(m.users));
+  return 0;
+}
+
+int run_demo(double scale, std::string dir, uint64_t seed) {
+  std::printf("rectrain %s demo: LibTorch %d.%d, %d threads\n", rectrain::version_string,
+              TORCH_VERSION_MAJOR, TORCH_VERSION_MINOR, at::get_num_threads());
+  std::filesystem::path temp;
+  if (dir.empty()) {
+    temp = std::filesystem::temp_directory_path() / ("rectrain-demo-" + std::to_string(::getpid()));
+    dir = temp.string();
+  }
+  run_synth(scale, dir, seed);
+  auto t0 = clock_type::now();
+  const auto ds = rectrain::load_dataset(dir);
+  std::printf("load: %lld rows, %lld users, %lld items in %.2f s\n",
+              static_cast<long long>(ds.num_interactions()), static_cast<long long>(ds.num_users()),
+              static_cast<long long>(ds.num_items()), seconds_since(t0));
+  rectrain::GroupSampler sampler(ds.interactions["user"], ds.interaction_targets(),
+                                 rectrain::GroupSamplerOptions(20).batch_size(64).seed(seed));
+  rectrain::BatchPipeline pipeline(rectrain::BatchSpec::standard(ds), sampler,
+                                   rectrain::BatchPipelineOptions().workers(2));
+  for (int64_t epoch = 0; epoch < 2; ++epoch) {
+    t0 = clock_type::now();
+    pipeline.start_epoch(epoch);
+    int64_t batches = 0;
+    double like_sum = 0;
+    while (auto batch = pipeline.next()) {
+      ++batches;
+      like_sum += batch->label("like").sum().item<double>();
+    }
+    const auto st = pipeline.stats();
+    std::printf("epoch %lld: %lld groups of 20 in %lld batches, %lld rows (%.1f%% liked), %.0f rows/s "
+                "[sample %.3f s, gather %.3f s, copy %.3f s]\n",
+                static_cast<long long>(epoch), static_cast<long long>(sampler.num_groups()),
+                static_cast<long long>(batches), static_cast<long long>(st.rows),
+                100.0 * like_sum / std::max<int64_t>(1, st.rows), st.rows / seconds_since(t0),
+                st.sample_seconds, st.gather_seconds, st.copy_seconds);
+  }
+  for (const auto& b : score_baselines(ds, seed)) print_gauc(b.name, ds, b.scores);
+  if (!temp.empty()) std::filesystem::remove_all(temp);
+  return 0;
+}
+
+} // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{"rectrain-vk: the VK RecSys Challenge 2024 ranking recipe on rectrain"};
+  app.require_subcommand(0, 1);
+  int threads = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  app.add_option("--threads", threads, "LibTorch intra-op threads")->check(CLI::PositiveNumber)
+      ->capture_default_str();
+
+  double scale = 0.01;
+  std::string out, data, predictions = "predictions.csv", candidates, which = "like_rate", dir;
+  uint64_t seed = 42;
+
+  auto* synth = app.add_subcommand("synth", "Write a synthetic dataset shaped like the challenge's");
+  synth->add_option("--scale", scale, "Fraction of the full 145M-row scale, in (0, 1]")->capture_default_str();
+  synth->add_option("--out", out, "Output directory")->required();
+  synth->add_option("--seed", seed, "Random seed")->capture_default_str();
+
+  auto* baseline = app.add_subcommand("baseline", "Score random, popularity and like-rate baselines");
+  baseline->add_option("--data", data, "Dataset directory")->required()->check(CLI::ExistingDirectory);
+  baseline->add_option("--predictions", predictions, "Where to write predictions")->capture_default_str();
+  baseline->add_option("--write", which, "Baseline written: random, popularity, like_rate")
+      ->capture_default_str();
+  baseline->add_option("--seed", seed, "Seed of the random baseline")->capture_default_str();
+
+  auto* eval = app.add_subcommand("eval", "GAUC of predictions.csv against candidates.csv targets");
+  eval->add_option("--candidates", candidates, "candidates.csv with a target column")->required();
+  eval->add_option("--predictions", predictions, "predictions.csv")->required();
+
+  auto* demo = app.add_subcommand("demo", "Synthetic data -> group sampler -> baselines (the default)");
+  demo->add_option("--scale", scale, "Synthetic scale")->capture_default_str();
+  demo->add_option("--dir", dir, "Keep the synthetic dataset here (default: a temporary directory)");
+  demo->add_option("--seed", seed, "Random seed")->capture_default_str();
+
+  CLI11_PARSE(app, argc, argv);
+  torch::set_num_threads(threads);
+  try {
+    if (*synth) return run_synth(scale, out, seed);
+    if (*baseline) return run_baseline(data, predictions, which, seed);
+    if (*eval) return run_eval(candidates, predictions);
+    return run_demo(scale, dir, seed);
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "rectrain-vk: error: %s\n", e.what());
+    return 1;
+  }
+}
