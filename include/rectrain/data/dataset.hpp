@@ -355,74 +355,79 @@ inline Dataset load_dataset(const std::string& dir, const DatasetOptions& option
 namespace detail {
 inline constexpr const char* dataset_cache_format = "rectrain-dataset-v1";
 
-inline void write_table(torch::serialize::OutputArchive& archive, const std::string& prefix,
-                        const Table& table) {
+inline void put_table(c10::impl::GenericDict& dict, const std::string& prefix, const Table& table) {
   std::string names;
   for (const auto& item : table.columns()) {
     names += (names.empty() ? "" : "\n") + item.key();
-    archive.write(prefix + "." + item.key(), item.value());
+    dict.insert(prefix + "." + item.key(), item.value());
   }
-  archive.write(prefix + "#columns", c10::IValue(names));
+  dict.insert(prefix + "#columns", names);
 }
 
-inline Table read_table(torch::serialize::InputArchive& archive, const std::string& prefix) {
-  c10::IValue names_value;
-  archive.read(prefix + "#columns", names_value);
+inline const c10::IValue& cache_entry(const c10::impl::GenericDict& dict, const std::string& key,
+                                      const std::string& path) {
+  const auto it = dict.find(key);
+  if (it == dict.end()) throw InputError(path, 0, 0, "", concat("dataset cache lacks entry '", key, "'"));
+  return it->value();
+}
+
+inline torch::Tensor cache_tensor(const c10::impl::GenericDict& dict, const std::string& key,
+                                  const std::string& path) {
+  const auto& v = cache_entry(dict, key, path);
+  if (!v.isTensor()) throw InputError(path, 0, 0, "", concat("dataset cache entry '", key, "' is not a tensor"));
+  return v.toTensor();
+}
+
+inline Table take_table(const c10::impl::GenericDict& dict, const std::string& prefix, const std::string& path) {
+  const auto& names_value = cache_entry(dict, prefix + "#columns", path);
+  if (!names_value.isString()) throw InputError(path, 0, 0, "", "dataset cache: bad column list");
   const std::string names = names_value.toStringRef();
   Table table;
   size_t start = 0;
   while (start < names.size()) {
     const size_t stop = std::min(names.find('\n', start), names.size());
     const std::string name = names.substr(start, stop - start);
-    torch::Tensor t;
-    archive.read(prefix + "." + name, t);
-    table.add(name, t);
+    table.add(name, cache_tensor(dict, prefix + "." + name, path));
     start = stop + 1;
   }
   return table;
 }
 } // namespace detail
 
-/// Saves a loaded dataset in LibTorch's serialization format, atomically.
+/// Saves a loaded dataset atomically, in the torch.save format (LibTorch's
+/// torch::pickle_save; Python's torch.load reads it as a dict too).
 inline void save_dataset_cache(const Dataset& ds, const std::string& path) {
-  torch::serialize::OutputArchive archive;
-  archive.write("format", c10::IValue(std::string(detail::dataset_cache_format)));
-  archive.write("user_ids", ds.user_ids.raw_ids());
-  archive.write("item_ids", ds.item_ids.raw_ids());
-  archive.write("source_ids", ds.source_ids.raw_ids());
-  detail::write_table(archive, "interactions", ds.interactions);
-  detail::write_table(archive, "users", ds.users);
-  detail::write_table(archive, "items", ds.items);
-  detail::write_table(archive, "candidates", ds.candidates);
-  write_atomically(path, [&](const std::string& temp) { archive.save_to(temp); });
+  c10::impl::GenericDict dict(c10::StringType::get(), c10::AnyType::get());
+  dict.insert("format", std::string(detail::dataset_cache_format));
+  dict.insert("user_ids", ds.user_ids.raw_ids());
+  dict.insert("item_ids", ds.item_ids.raw_ids());
+  dict.insert("source_ids", ds.source_ids.raw_ids());
+  detail::put_table(dict, "interactions", ds.interactions);
+  detail::put_table(dict, "users", ds.users);
+  detail::put_table(dict, "items", ds.items);
+  detail::put_table(dict, "candidates", ds.candidates);
+  save_pickle(c10::IValue(dict), path);
 }
 
-/// Loads what save_dataset_cache wrote.
+/// Loads what save_dataset_cache wrote. Tensors map the file's pages
+/// (copy-on-write) instead of copying them, so this costs little more than
+/// reading the directory of the archive.
 inline Dataset load_dataset_cache(const std::string& path) {
-  if (!detail::file_exists(path)) throw InputError(path, 0, 0, "", "cannot open: no such file");
-  torch::serialize::InputArchive archive;
+  const c10::IValue value = detail::load_pickle_mapped(path);
+  if (!value.isGenericDict()) throw InputError(path, 0, 0, "", "not a rectrain dataset cache");
+  const auto dict = value.toGenericDict();
+  const auto format = dict.find("format");
+  if (format == dict.end() || !format->value().isString() ||
+      format->value().toStringRef() != detail::dataset_cache_format)
+    throw InputError(path, 0, 0, "", "not a rectrain dataset cache (or an incompatible version)");
   Dataset ds;
-  try {
-    archive.load_from(path);
-    c10::IValue format;
-    archive.read("format", format);
-    if (!format.isString() || format.toStringRef() != detail::dataset_cache_format)
-      throw InputError(path, 0, 0, "", "not a rectrain dataset cache (or an incompatible version)");
-    torch::Tensor users, items, sources;
-    archive.read("user_ids", users);
-    archive.read("item_ids", items);
-    archive.read("source_ids", sources);
-    ds.user_ids = IdMap::from_sorted_unique(users);
-    ds.item_ids = IdMap::from_sorted_unique(items);
-    ds.source_ids = IdMap::from_sorted_unique(sources);
-    ds.interactions = detail::read_table(archive, "interactions");
-    ds.users = detail::read_table(archive, "users");
-    ds.items = detail::read_table(archive, "items");
-    ds.candidates = detail::read_table(archive, "candidates");
-  } catch (const c10::Error& e) {
-    throw InputError(path, 0, 0, "",
-                     detail::concat("unreadable dataset cache: ", e.what_without_backtrace()));
-  }
+  ds.user_ids = IdMap::from_sorted_unique(detail::cache_tensor(dict, "user_ids", path));
+  ds.item_ids = IdMap::from_sorted_unique(detail::cache_tensor(dict, "item_ids", path));
+  ds.source_ids = IdMap::from_sorted_unique(detail::cache_tensor(dict, "source_ids", path));
+  ds.interactions = detail::take_table(dict, "interactions", path);
+  ds.users = detail::take_table(dict, "users", path);
+  ds.items = detail::take_table(dict, "items", path);
+  ds.candidates = detail::take_table(dict, "candidates", path);
   return ds;
 }
 

@@ -112,6 +112,17 @@ class GroupSampler : public torch::data::samplers::Sampler<torch::Tensor> {
   int64_t num_batches() const noexcept {
     return (groups_ + options_.batch_size() - 1) / options_.batch_size();
   }
+  /// Bytes of sampling state held besides the input tensors (CPU path: ~9
+  /// per row plus 8 per group slot; tensor-ops path: the epoch's [groups, G]
+  /// index matrix).
+  int64_t state_bytes() const noexcept {
+    if (!use_cpu_) return epoch_groups_.defined() ? epoch_groups_.numel() * 8 : 0;
+    return static_cast<int64_t>((base_order_.capacity() + epoch_order_.capacity() + group_start_.capacity() +
+                                 group_length_.capacity()) * sizeof(int32_t) +
+                                base_targets_.capacity() +
+                                (offsets_.capacity() + group_offsets_.capacity()) * sizeof(int64_t));
+  }
+
   /// Groups already served in this epoch.
   int64_t position() const noexcept { return cursor_; }
 

@@ -1,36 +1,74 @@
 #pragma once
 // Tables handed over from Python: `torch.save({"user_id": t, ...}, path)`
 // where every value is a tensor of the same length. Read with LibTorch's
-// own torch::pickle_load (the zip format torch.save writes by default).
+// own unpickler over the zip format torch.save writes by default, with
+// tensor storages mapped from the file rather than copied.
 
 #include <rectrain/core/atomic_file.hpp>
+#include <rectrain/core/compat.hpp>
 #include <rectrain/core/error.hpp>
+#include <rectrain/core/mapped_file.hpp>
 #include <rectrain/data/table.hpp>
 
 #include <torch/torch.h>
 
-#include <fstream>
-#include <iterator>
+#include <cstring>
+#include <memory>
 #include <string>
 #include <vector>
 
 namespace rectrain {
 
+namespace detail {
+
+/// Serves PyTorchStreamReader from a memory map.
+class MappedReadAdapter final : public caffe2::serialize::ReadAdapterInterface {
+ public:
+  explicit MappedReadAdapter(std::shared_ptr<MappedFile> file) : file_(std::move(file)) {}
+  size_t size() const override { return file_->size(); }
+  size_t read(uint64_t pos, void* buf, size_t n, const char* /*what*/) const override {
+    if (pos >= file_->size()) return 0;
+    n = std::min<size_t>(n, file_->size() - static_cast<size_t>(pos));
+    std::memcpy(buf, file_->data() + pos, n);
+    return n;
+  }
+
+ private:
+  std::shared_ptr<MappedFile> file_;
+};
+
+/// Loads a torch.save / torch::pickle_save archive without copying tensor
+/// data: storages point into a private (copy-on-write) memory map of the
+/// file, kept alive as long as any tensor uses it. Pages are read on first
+/// touch, from the page cache.
+inline c10::IValue load_pickle_mapped(const std::string& path) {
+  auto file = std::make_shared<MappedFile>(path, /*copy_on_write=*/true);
+  if (file->size() == 0) throw InputError(path, 0, 0, "", "empty file, expected a torch.save archive");
+  try {
+    caffe2::serialize::PyTorchStreamReader reader(std::make_shared<MappedReadAdapter>(file));
+    auto read_record = [&](const std::string& name) -> at::DataPtr {
+      const std::string record = "data/" + name;
+      const size_t offset = reader.getRecordOffset(record);
+      // Bounds come from the archive's own directory; recheck them.
+      if (offset >= file->size()) throw InputError(path, 0, 0, "", "tensor record outside the file");
+      auto* keep_alive = new std::shared_ptr<MappedFile>(file);
+      return at::DataPtr(file->data() + offset, keep_alive,
+                         [](void* ctx) { delete static_cast<std::shared_ptr<MappedFile>*>(ctx); },
+                         at::Device(at::kCPU));
+    };
+    return compat::unpickle_archive(reader, read_record);
+  } catch (const c10::Error& e) {
+    throw InputError(path, 0, 0, "", concat("not a readable torch.save archive: ", e.what_without_backtrace()));
+  }
+}
+
+} // namespace detail
+
 /// Loads a dict {str: tensor} written by Python's torch.save (or by
 /// save_tensor_table) as a Table; columns are moved to CPU, in the dict's
 /// order. Anything else in the file throws an InputError naming it.
 inline Table load_tensor_table(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) throw InputError(path, 0, 0, "", "cannot open");
-  std::vector<char> bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-  if (bytes.empty()) throw InputError(path, 0, 0, "", "empty file, expected a torch.save archive");
-  c10::IValue value;
-  try {
-    value = torch::pickle_load(bytes);
-  } catch (const c10::Error& e) {
-    throw InputError(path, 0, 0, "",
-                     detail::concat("not a readable torch.save archive: ", e.what_without_backtrace()));
-  }
+  const c10::IValue value = detail::load_pickle_mapped(path);
   if (!value.isGenericDict())
     throw InputError(path, 0, 0, "",
                      detail::concat("expected a dict of tensors, found ", value.tagKind()));
@@ -55,14 +93,20 @@ inline Table load_tensor_table(const std::string& path) {
   return table;
 }
 
+/// Writes `value` with torch::pickle_save (the torch.save format),
+/// atomically.
+inline void save_pickle(const c10::IValue& value, const std::string& path) {
+  const std::vector<char> bytes = torch::pickle_save(value);
+  write_stream_atomically(path, [&](std::ostream& out) {
+    out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
+  });
+}
+
 /// Writes a Table as a dict {str: tensor} that Python's torch.load reads.
 inline void save_tensor_table(const Table& table, const std::string& path) {
   c10::impl::GenericDict dict(c10::StringType::get(), c10::TensorType::get());
   for (const auto& item : table.columns()) dict.insert(item.key(), item.value());
-  const std::vector<char> bytes = torch::pickle_save(c10::IValue(dict));
-  write_stream_atomically(path, [&](std::ostream& out) {
-    out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
-  });
+  save_pickle(c10::IValue(dict), path);
 }
 
 } // namespace rectrain

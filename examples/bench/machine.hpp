@@ -1,0 +1,46 @@
+#pragma once
+// What every benchmark prints first: the machine it ran on.
+
+#include <torch/torch.h>
+
+#include <chrono>
+#include <cstdio>
+#include <fstream>
+#include <string>
+#include <thread>
+
+namespace bench {
+
+inline std::string cpu_model() {
+  std::ifstream in("/proc/cpuinfo");
+  std::string line;
+  while (std::getline(in, line))
+    if (line.rfind("model name", 0) == 0) return line.substr(line.find(':') + 2);
+  return "unknown CPU";
+}
+
+inline void print_machine(const char* name) {
+  std::printf("# %s\n# machine: %s, %u hardware threads, LibTorch %d.%d, %d intra-op threads\n", name,
+              cpu_model().c_str(), std::thread::hardware_concurrency(), TORCH_VERSION_MAJOR,
+              TORCH_VERSION_MINOR, at::get_num_threads());
+  if (torch::cuda::is_available()) std::printf("# cuda: %d device(s)\n", static_cast<int>(torch::cuda::device_count()));
+}
+
+inline double now_seconds() {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
+}
+
+/// Median of `runs` timings of f() in seconds.
+template <typename F>
+double median_seconds(int runs, F&& f) {
+  std::vector<double> t;
+  for (int r = 0; r < runs; ++r) {
+    const double t0 = now_seconds();
+    f();
+    t.push_back(now_seconds() - t0);
+  }
+  std::sort(t.begin(), t.end());
+  return t[t.size() / 2];
+}
+
+} // namespace bench
