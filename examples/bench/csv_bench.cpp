@@ -49,7 +49,7 @@ int main(int argc, char** argv) {
   double scale = 0.05;
   std::string dir;
   int threads = static_cast<int>(std::thread::hardware_concurrency());
-  int runs = 3;
+  int runs = 5;
   for (int i = 1; i + 1 < argc; i += 2) {
     const std::string flag = argv[i];
     if (flag == "--scale") scale = std::stod(argv[i + 1]);

@@ -1,0 +1,42 @@
+# Builds and runs tests/consumer against rectrain, either installed
+# (MODE=find_package: cmake --install of BUILD_DIR into a scratch prefix)
+# or as a subdirectory (MODE=add_subdirectory). Invoked by ctest.
+foreach(var MODE SOURCE_DIR BUILD_DIR WORK_DIR GENERATOR)
+  if(NOT DEFINED ${var})
+    message(FATAL_ERROR "run.cmake needs -D${var}=...")
+  endif()
+endforeach()
+
+file(REMOVE_RECURSE "${WORK_DIR}")
+file(MAKE_DIRECTORY "${WORK_DIR}")
+
+function(run_step)
+  execute_process(COMMAND ${ARGN} RESULT_VARIABLE rc OUTPUT_VARIABLE out ERROR_VARIABLE err)
+  if(NOT rc EQUAL 0)
+    message(FATAL_ERROR "step failed (${rc}): ${ARGN}\n${out}\n${err}")
+  endif()
+  set(step_output "${out}" PARENT_SCOPE)
+endfunction()
+
+set(configure_args -S "${SOURCE_DIR}/tests/consumer" -B "${WORK_DIR}/build" -G "${GENERATOR}"
+    -DCMAKE_BUILD_TYPE=Release -DRECTRAIN_CONSUMER_MODE=${MODE})
+if(MODE STREQUAL "find_package")
+  run_step(${CMAKE_COMMAND} --install "${BUILD_DIR}" --prefix "${WORK_DIR}/prefix")
+  if(NOT EXISTS "${WORK_DIR}/prefix/share/cmake/rectrain/rectrainConfig.cmake")
+    message(FATAL_ERROR "install did not produce share/cmake/rectrain/rectrainConfig.cmake")
+  endif()
+  list(APPEND configure_args "-DCMAKE_PREFIX_PATH=${WORK_DIR}/prefix")
+elseif(MODE STREQUAL "add_subdirectory")
+  list(APPEND configure_args "-DRECTRAIN_SOURCE_DIR=${SOURCE_DIR}")
+else()
+  message(FATAL_ERROR "MODE must be find_package or add_subdirectory, not ${MODE}")
+endif()
+
+run_step(${CMAKE_COMMAND} ${configure_args})
+run_step(${CMAKE_COMMAND} --build "${WORK_DIR}/build")
+run_step("${WORK_DIR}/build/consumer")
+message(STATUS "${step_output}")
+if(NOT step_output MATCHES "consumer ok")
+  message(FATAL_ERROR "consumer printed: ${step_output}")
+endif()
+file(REMOVE_RECURSE "${WORK_DIR}")
