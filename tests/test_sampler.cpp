@@ -168,7 +168,7 @@ TEST_CASE("GroupSampler fits torch::data and resumes from a saved position", "[s
   torch::data::samplers::Sampler<torch::Tensor>* base = nullptr;
   GroupSampler s(rows.users, rows.targets, GroupSamplerOptions(5).batch_size(4).seed(2));
   base = &s;
-  base->reset(c10::nullopt);  // epoch 0
+  base->reset(compat::nullopt);  // epoch 0
   CHECK(s.epoch() == 0);
   auto first = base->next(4);
   auto second = base->next(4);
@@ -186,7 +186,7 @@ TEST_CASE("GroupSampler fits torch::data and resumes from a saved position", "[s
   CHECK(resumed.epoch() == 0);
   CHECK(resumed.position() == 8);
   CHECK(resumed.next(4)->equal(*third));
-  base->reset(c10::nullopt);  // moves on to epoch 1
+  base->reset(compat::nullopt);  // moves on to epoch 1
   CHECK(s.epoch() == 1);
 }
 

@@ -10,6 +10,7 @@
 
 #include <cstring>
 #include <functional>
+#include <optional>
 #include <string>
 
 #define RECTRAIN_TORCH_AT_LEAST(major, minor)                                  \
@@ -19,11 +20,17 @@
 namespace rectrain {
 namespace compat {
 
-// torch::data samplers take c10::optional; from 2.4 on it is std::optional
-// under the same name, so this alias serves both.
+// LibTorch's APIs (torch::data samplers among them) take c10::optional up
+// to 2.3 and std::optional from 2.4, when c10's became an alias of it.
+#if RECTRAIN_TORCH_AT_LEAST(2, 4)
+template <typename T>
+using optional = std::optional<T>;
+inline constexpr std::nullopt_t nullopt = std::nullopt;
+#else
 template <typename T>
 using optional = c10::optional<T>;
-inline constexpr auto nullopt = c10::nullopt;
+inline constexpr c10::nullopt_t nullopt = c10::nullopt;
+#endif
 
 /// A generator of `device`'s kind seeded with `seed`, independent of the
 /// global default generator (so sampling never disturbs user RNG streams).
@@ -54,7 +61,7 @@ inline c10::IValue unpickle_archive(caffe2::serialize::PyTorchStreamReader& read
     offset += len;
     return len;
   };
-  torch::jit::Unpickler unpickler(read, nullptr, nullptr, std::move(read_record), c10::nullopt);
+  torch::jit::Unpickler unpickler(read, nullptr, nullptr, std::move(read_record), nullopt);
   unpickler.set_version(reader.version());
   return unpickler.parse_ivalue();
 }

@@ -4,6 +4,7 @@
 // BatchSpec says which columns go in and how each is reached from a row:
 // directly (a per-row column) or through a key (row -> user or item -> value).
 
+#include <rectrain/core/compat.hpp>
 #include <rectrain/core/error.hpp>
 #include <rectrain/data/dataset.hpp>
 
@@ -53,7 +54,7 @@ struct BatchColumn {
   bool is_label = false;
   torch::Tensor values;  ///< [M, ...]: indexed by row, or by key[row]
   torch::Tensor key;     ///< [N] int64 row -> index into values (-1 unknown), or undefined
-  c10::optional<torch::ScalarType> dtype;  ///< convert to this type, if set
+  compat::optional<torch::ScalarType> dtype;  ///< convert to this type, if set
 };
 
 /// Which columns a batch holds. Unknown keys (-1) and padded rows give -1 in
@@ -62,11 +63,11 @@ struct BatchColumn {
 class BatchSpec {
  public:
   BatchSpec& feature(std::string name, torch::Tensor values, torch::Tensor key = {},
-                     c10::optional<torch::ScalarType> dtype = c10::nullopt) {
+                     compat::optional<torch::ScalarType> dtype = compat::nullopt) {
     return add({std::move(name), false, std::move(values), std::move(key), dtype});
   }
   BatchSpec& label(std::string name, torch::Tensor values, torch::Tensor key = {},
-                   c10::optional<torch::ScalarType> dtype = c10::nullopt) {
+                   compat::optional<torch::ScalarType> dtype = compat::nullopt) {
     return add({std::move(name), true, std::move(values), std::move(key), dtype});
   }
 

@@ -72,12 +72,12 @@ class BatchPipeline {
   }
 
   /// The next batch on the device, or nullopt at the end of the epoch.
-  c10::optional<Batch> next() {
+  compat::optional<Batch> next() {
     const auto t0 = clock::now();
     if (options_.workers() == 0) {
       if (!started_) start();
       auto work = take_work();
-      if (!work) return c10::nullopt;
+      if (!work) return compat::nullopt;
       auto batch = produce(*work);
       stats_.wait_seconds += seconds_since(t0);
       return batch;
@@ -96,7 +96,7 @@ class BatchPipeline {
     }
     stats_.wait_seconds += seconds_since(t0);
     auto it = ready_.find(next_out_);
-    if (it == ready_.end()) return c10::nullopt;
+    if (it == ready_.end()) return compat::nullopt;
     Batch batch = std::move(it->second);
     ready_.erase(it);
     ++next_out_;
@@ -179,9 +179,9 @@ class BatchPipeline {
   }
 
   // Takes the next index block; sampling is sequential (and cheap).
-  c10::optional<Work> take_work() {
+  compat::optional<Work> take_work() {
     std::unique_lock<std::mutex> lock(sample_mutex_);
-    if (exhausted_) return c10::nullopt;
+    if (exhausted_) return compat::nullopt;
     const auto t0 = clock::now();
     auto rows = sampler_.next_batch();
     const double dt = seconds_since(t0);
@@ -190,7 +190,7 @@ class BatchPipeline {
     if (!rows) {
       exhausted_ = true;
       ready_cv_.notify_all();
-      return c10::nullopt;
+      return compat::nullopt;
     }
     return Work{issued_++, std::move(*rows)};
   }

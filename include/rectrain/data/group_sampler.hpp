@@ -322,7 +322,7 @@ class GroupSampler : public torch::data::samplers::Sampler<torch::Tensor> {
     // Random order, then a stable sort by user: each user's rows end up
     // contiguous and uniformly shuffled.
     const auto perm = torch::randperm(rows_, gen, long_opts);
-    const auto sorted = torch::sort(users_.index_select(0, perm), /*stable=*/c10::optional<bool>(true), /*dim=*/0);
+    const auto sorted = torch::sort(users_.index_select(0, perm), /*stable=*/compat::optional<bool>(true), /*dim=*/0);
     const auto order = perm.index_select(0, std::get<1>(sorted));
 
     const auto counts = counts_.to(device_);
