@@ -1,7 +1,9 @@
 #include "catch.hpp"
 #include "helpers.hpp"
 
+#include <rectrain/data/batch.hpp>
 #include <rectrain/data/dataset.hpp>
+#include <rectrain/data/group_sampler.hpp>
 #include <rectrain/data/synthetic.hpp>
 #include <rectrain/metrics/baselines.hpp>
 #include <rectrain/metrics/ranking.hpp>
@@ -282,6 +284,21 @@ TEST_CASE("real datasets in ../shared/data load and score", "[dataset][shared]")
     const auto popularity = gauc(users, target, popularity_scores(ds));
     const auto like_rate = gauc(users, target, like_rate_scores(ds));
     CHECK(std::abs(random.value - 0.5) < 0.05);
+    // One epoch of group sampling and gathering over the real rows.
+    GroupSampler sampler(ds.interactions["user"], ds.interaction_targets(),
+                         GroupSamplerOptions(20).batch_size(128).seed(1));
+    const BatchSpec spec = BatchSpec::standard(ds);
+    int64_t groups = 0;
+    while (auto rows = sampler.next_batch()) {
+      const Batch batch = spec.gather(*rows);
+      CHECK(batch.mask.all().item<bool>());
+      // Every group is one user's.
+      const auto users = batch.feature("user");
+      CHECK((users == users.select(1, 0).unsqueeze(1)).all().item<bool>());
+      groups += batch.num_groups();
+    }
+    CHECK(groups == sampler.num_groups());
+    CHECK(groups > 100);
     if (name == "mlsmall") {
       CHECK(ds.num_users() == 610);
       CHECK(ds.embedding_dim() == 19);
