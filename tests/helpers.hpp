@@ -2,6 +2,8 @@
 // Shared test helpers: temporary directories, writing small files, locating
 // ../shared (tests that need it skip cleanly without it).
 
+#include "catch.hpp"
+
 #include <rectrain/core/error.hpp>
 
 #include <torch/torch.h>
@@ -61,5 +63,19 @@ namespace rectrain_test {
 /// An int64 tensor from literal values (torch::tensor is ambiguous on long long).
 inline torch::Tensor i64(std::vector<int64_t> values) {
   return torch::tensor(values, torch::kInt64);
+}
+} // namespace rectrain_test
+
+namespace rectrain_test {
+/// The InputError `f` throws; fails the test when it throws none.
+template <typename F>
+rectrain::InputError input_error(F&& f) {
+  try {
+    f();
+  } catch (const rectrain::InputError& e) {
+    return e;
+  }
+  FAIL("no InputError thrown");
+  throw std::logic_error("unreachable");
 }
 } // namespace rectrain_test

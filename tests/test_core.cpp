@@ -75,3 +75,19 @@ TEST_CASE("FastRng streams are deterministic and distinct", "[core][random]") {
   for (int i = 0; i < 100000; ++i) ++counts[a.below(10)];
   for (int count : counts) CHECK(std::abs(count - 10000) < 600);
 }
+
+TEST_CASE("IdMap direct tables and hash tables agree", "[core][id_map]") {
+  // Dense small ids take the direct table, the same ids shifted far apart
+  // take the hash table; dense indices must match.
+  const auto small = torch::randint(0, 5000, {100000}, torch::kInt64);
+  const auto far = small * 1000003 + (int64_t{1} << 40);
+  const IdMap a = IdMap::from_ids({small}), b = IdMap::from_ids({far});
+  REQUIRE(a.size() == b.size());
+  CHECK(a.encode(small).equal(b.encode(far)));
+  CHECK(a.index_of(5000) == -1);
+  CHECK(a.index_of(-3) == -1);
+  CHECK(a.index_of(int64_t{1} << 50) == -1);
+  CHECK(a.decode(a.encode(small)).equal(small));
+  const IdMap reloaded = IdMap::from_sorted_unique(a.raw_ids());
+  CHECK(reloaded.encode(small).equal(a.encode(small)));
+}

@@ -4,6 +4,7 @@
 #include <rectrain/data/csv.hpp>
 
 using namespace rectrain;
+using rectrain_test::input_error;
 using rectrain_test::TempDir;
 using rectrain_test::i64;
 using rectrain_test::write_file;
@@ -14,17 +15,6 @@ const std::vector<CsvField> kFields{{"user_id", CsvType::Id},
                                     {"timespent", CsvType::NonNegativeNumber},
                                     {"like", CsvType::Flag}};
 
-// The message of the InputError `f` throws; fails the test otherwise.
-template <typename F>
-InputError input_error(F&& f) {
-  try {
-    f();
-  } catch (const InputError& e) {
-    return e;
-  }
-  FAIL("no InputError thrown");
-  throw std::logic_error("unreachable");
-}
 } // namespace
 
 TEST_CASE("CSV reader parses typed columns in any column order", "[csv]") {

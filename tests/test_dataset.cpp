@@ -12,6 +12,7 @@
 
 using namespace rectrain;
 using rectrain_test::i64;
+using rectrain_test::input_error;
 using rectrain_test::TempDir;
 using rectrain_test::write_file;
 
@@ -30,16 +31,6 @@ void write_small_dataset(const TempDir& dir) {
   write_file(dir.file("candidates.csv"), "user_id,item_id,target\n100,11,1\n100,13,0\n999,7,-1\n42,12345,0\n");
 }
 
-template <typename F>
-InputError input_error(F&& f) {
-  try {
-    f();
-  } catch (const InputError& e) {
-    return e;
-  }
-  FAIL("no InputError thrown");
-  throw std::logic_error("unreachable");
-}
 
 } // namespace
 

@@ -81,6 +81,10 @@ inline bool file_exists(const std::string& path) {
   return ::stat(path.c_str(), &st) == 0 && S_ISREG(st.st_mode);
 }
 
+inline bool is_csv_path(const std::string& path) {
+  return path.size() >= 4 && path.compare(path.size() - 4, 4, ".csv") == 0;
+}
+
 inline std::string join_path(const std::string& dir, const std::string& name) {
   if (dir.empty() || dir.back() == '/') return dir + name;
   return dir + "/" + name;
@@ -215,7 +219,7 @@ inline void check_unique_ids(const torch::Tensor& ids, const std::string& path,
     }
   }
   if (worst >= 0) {
-    const bool csv = path.size() >= 4 && path.compare(path.size() - 4, 4, ".csv") == 0;
+    const bool csv = is_csv_path(path);
     throw InputError(path, csv ? worst + 2 : 0, csv ? column_number : 0, column,
                      concat("duplicate ", column, " ", v[worst], " (first at ",
                             csv ? "line " : "row ", csv ? first + 2 : first, ")"));
@@ -223,7 +227,7 @@ inline void check_unique_ids(const torch::Tensor& ids, const std::string& path,
 }
 
 inline int64_t header_position(const std::string& path, const std::string& column) {
-  if (path.size() < 4 || path.compare(path.size() - 4, 4, ".csv") != 0) return 0;
+  if (!is_csv_path(path)) return 0;
   return CsvFile(path).column_index(column) + 1;
 }
 
@@ -272,8 +276,10 @@ inline Dataset load_dataset(const std::string& dir, const DatasetOptions& option
   ds.user_ids = IdMap::from_ids(user_columns);
   ds.item_ids = IdMap::from_ids(item_columns);
 
-  ds.interactions.add("user", ds.user_ids.encode(raw["user_id"]));
-  ds.interactions.add("item", ds.item_ids.encode(raw["item_id"]));
+  // The raw id columns are not kept: encode them in place.
+  torch::Tensor user = raw["user_id"], item = raw["item_id"];
+  ds.interactions.add("user", ds.user_ids.encode_(user));
+  ds.interactions.add("item", ds.item_ids.encode_(item));
   for (const auto& name : raw.names())
     if (name != "user_id" && name != "item_id") ds.interactions.add(name, raw[name]);
 
@@ -340,8 +346,7 @@ inline Dataset load_dataset(const std::string& dir, const DatasetOptions& option
         if (pu[a] == pu[b] && pi[a] == pi[b] && (worst < 0 || b < worst)) worst = b;
       }
       if (worst >= 0) {
-        const bool csv = candidates_path.size() >= 4 &&
-                         candidates_path.compare(candidates_path.size() - 4, 4, ".csv") == 0;
+        const bool csv = detail::is_csv_path(candidates_path);
         throw InputError(candidates_path, csv ? worst + 2 : 0, 0, "",
                          detail::concat("duplicate candidate pair (user_id ", pu[worst],
                                         ", item_id ", pi[worst], ")"));
