@@ -1,6 +1,6 @@
-// Catch2 v2's runner, with LibTorch's thread count pinned so results do not
+// The test runner, with LibTorch's thread count pinned so results do not
 // depend on how many cores the machine has.
-#define CATCH_CONFIG_RUNNER
+#define CATCH_CONFIG_RUNNER  // v2: this translation unit provides main()
 #include "catch.hpp"
 
 #include <torch/torch.h>

@@ -123,6 +123,28 @@ TEST_CASE("tables saved as a dict of tensors load like CSV", "[dataset][tensor-f
                     Catch::Contains("'like'") && Catch::Contains("flag 0 or 1"));
 }
 
+TEST_CASE("tensors loaded from a file are copy-on-write views of it", "[dataset][tensor-file]") {
+  TempDir dir;
+  Table t;
+  t.add("x", torch::arange(1000, torch::kFloat32));
+  save_tensor_table(t, dir.file("t.pt"));
+  const std::string before = rectrain_test::read_file(dir.file("t.pt"));
+  {
+    Table loaded = load_tensor_table(dir.file("t.pt"));
+    CHECK(loaded["x"].equal(t["x"]));
+    loaded["x"].mul_(-1);  // writes go to private pages, never to the file
+    CHECK(loaded["x"][3].item<float>() == -3.0f);
+  }
+  CHECK(rectrain_test::read_file(dir.file("t.pt")) == before);
+  CHECK(load_tensor_table(dir.file("t.pt"))["x"].equal(t["x"]));
+  rectrain_test::write_file(dir.file("bad.pt"), "PK\x03\x04 not really a zip");
+  CHECK_THROWS_AS(load_tensor_table(dir.file("bad.pt")), InputError);
+  rectrain_test::write_file(dir.file("empty.pt"), "");
+  CHECK_THROWS_WITH(load_tensor_table(dir.file("empty.pt")), Catch::Contains("empty file"));
+  save_pickle(c10::IValue(int64_t{3}), dir.file("scalar.pt"));
+  CHECK_THROWS_WITH(load_tensor_table(dir.file("scalar.pt")), Catch::Contains("expected a dict of tensors"));
+}
+
 TEST_CASE("tensor file written by Python's torch.save loads", "[dataset][tensor-file][python]") {
   if (std::system("/usr/bin/python3 -c 'import torch' >/dev/null 2>&1") != 0) {
     WARN("skipped: /usr/bin/python3 with torch (Debian python3-torch) is not installed");

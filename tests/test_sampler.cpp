@@ -159,6 +159,9 @@ TEST_CASE("GroupSampler explains impossible settings", "[sampler][bad-input]") {
   CHECK_THROWS_AS(GroupSampler(users.to(torch::kFloat32), targets), TensorError);
   CHECK_THROWS_AS(GroupSampler(torch::tensor({0, -1}, torch::kInt64), torch::tensor({0, 1}, torch::kInt64)),
                   TensorError);
+  CHECK_THROWS_WITH(GroupSampler(torch::tensor({int64_t{5}, int64_t{1} << 40}), torch::tensor({0, 1}, torch::kInt64),
+                                 GroupSamplerOptions(1)),
+                    Catch::Contains("expected dense user indices"));
   CHECK_THROWS_WITH(GroupSampler(users, torch::Tensor(), GroupSamplerOptions(2)),
                     Catch::Contains("drop_uniform needs them"));
 }

@@ -86,6 +86,10 @@ class GroupSampler : public torch::data::samplers::Sampler<torch::Tensor> {
       throw TensorError(detail::concat("GroupSampler: ", rows_,
                                        " rows exceed the CPU path's 2^31 - 1 row limit"));
     const int64_t users_count = rows_ > 0 ? users.max().item<int64_t>() + 1 : 0;
+    if (users_count > 64 * rows_ + (int64_t{1} << 20))
+      throw TensorError(detail::concat(
+          "GroupSampler users: expected dense user indices 0..n-1, but the largest is ", users_count - 1,
+          " for ", rows_, " rows; remap raw ids first (Dataset does; or IdMap::encode)"));
     counts_ = torch::bincount(users, {}, users_count).to(torch::kInt64);
     const int64_t longest = rows_ > 0 ? counts_.max().item<int64_t>() : 0;
     if (options_.drop_short() && longest < options_.group_size())
