@@ -56,8 +56,8 @@ TEST_CASE("write_atomically leaves the old file when the writer throws", "[core]
   }));
   CHECK(rectrain_test::read_file(path) == "first");
   // No temporary left behind.
-  int files = 0;
-  for (const auto& entry : std::filesystem::directory_iterator(dir.path())) (void)entry, ++files;
+  const auto files = std::distance(std::filesystem::directory_iterator(dir.path()),
+                                   std::filesystem::directory_iterator());
   CHECK(files == 1);
 }
 

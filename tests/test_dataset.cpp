@@ -73,7 +73,6 @@ TEST_CASE("dataset cache round-trips every tensor", "[dataset][cache]") {
   CHECK(back.user_ids.raw_ids().equal(ds.user_ids.raw_ids()));
   CHECK(back.item_ids.raw_ids().equal(ds.item_ids.raw_ids()));
   CHECK(back.source_ids.raw_ids().equal(ds.source_ids.raw_ids()));
-  for (const auto* pair : {&ds.interactions, &ds.users, &ds.items, &ds.candidates}) (void)pair;
   const std::vector<std::pair<const Table*, const Table*>> tables{
       {&ds.interactions, &back.interactions}, {&ds.users, &back.users},
       {&ds.items, &back.items}, {&ds.candidates, &back.candidates}};

@@ -249,7 +249,6 @@ inline Dataset load_dataset(const std::string& dir, const DatasetOptions& option
     throw InputError(path, 0, 0, "", "missing file (interactions.csv or interactions.pt is required)");
   if (raw.num_rows() == 0)
     throw InputError(path, 2, 0, "", "no interaction rows: the dataset needs at least one view");
-  const std::string interactions_path = path;
 
   std::string users_path, items_path;
   Table users_raw = detail::read_table_file(
@@ -353,7 +352,6 @@ inline Dataset load_dataset(const std::string& dir, const DatasetOptions& option
       }
     }
   }
-  (void)interactions_path;
   return ds;
 }
 

@@ -430,7 +430,6 @@ inline SyntheticSummary generate_synthetic(const std::string& dir, const Synthet
     }
     out.write(text.data(), static_cast<std::streamsize>(text.size()));
   });
-  (void)rows;
   return summary;
 }
 
