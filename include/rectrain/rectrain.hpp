@@ -2,6 +2,7 @@
 // rectrain: recommender-system training components for LibTorch.
 // The umbrella header; each part can also be included on its own.
 
+#include <rectrain/als/sparse_matrix.hpp>
 #include <rectrain/core/atomic_file.hpp>
 #include <rectrain/core/compat.hpp>
 #include <rectrain/core/error.hpp>

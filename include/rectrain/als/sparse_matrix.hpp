@@ -1,0 +1,190 @@
+#pragma once
+// Compressed sparse row matrices of interactions, the input of implicit ALS:
+// user x item, or user x source through each item's source. Binary by
+// default; optionally confidences c = 1 + alpha * r (Hu, Koren & Volinsky
+// 2008), r summed over duplicate (row, column) pairs. Built in O(nnz) by a
+// counting sort, duplicates merged per row in parallel.
+
+#include <rectrain/core/compat.hpp>
+#include <rectrain/core/error.hpp>
+#include <rectrain/data/dataset.hpp>
+
+#include <torch/torch.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <limits>
+#include <string>
+#include <utility>
+#include <vector>
+
+namespace rectrain {
+
+/// Row r holds columns indices[indptr[r] .. indptr[r + 1]) in ascending
+/// order, without repeats, with their values. CPU tensors.
+struct CsrMatrix {
+  int64_t rows = 0;
+  int64_t cols = 0;
+  torch::Tensor indptr;   ///< [rows + 1] int64
+  torch::Tensor indices;  ///< [nnz] int32 column indices
+  torch::Tensor values;   ///< [nnz] float32 (confidences; 1 when binary)
+
+  int64_t nnz() const { return indices.defined() ? indices.numel() : 0; }
+
+  /// The transpose, in the same format (rows of the result are our
+  /// columns). O(nnz + rows + cols); rows of the result come out sorted.
+  CsrMatrix transpose() const {
+    CsrMatrix t;
+    t.rows = cols;
+    t.cols = rows;
+    const int64_t* ptr = indptr.data_ptr<int64_t>();
+    const int32_t* idx = indices.data_ptr<int32_t>();
+    const float* val = values.data_ptr<float>();
+    std::vector<int64_t> offset(static_cast<size_t>(cols + 1), 0);
+    for (int64_t k = 0; k < nnz(); ++k) ++offset[static_cast<size_t>(idx[k]) + 1];
+    for (int64_t c = 0; c < cols; ++c) offset[static_cast<size_t>(c + 1)] += offset[static_cast<size_t>(c)];
+    t.indptr = torch::from_blob(offset.data(), {cols + 1}, torch::kInt64).clone();
+    t.indices = torch::empty({nnz()}, torch::kInt32);
+    t.values = torch::empty({nnz()}, torch::kFloat32);
+    int32_t* t_idx = t.indices.data_ptr<int32_t>();
+    float* t_val = t.values.data_ptr<float>();
+    for (int64_t r = 0; r < rows; ++r)
+      for (int64_t k = ptr[r]; k < ptr[r + 1]; ++k) {
+        const int64_t slot = offset[static_cast<size_t>(idx[k])]++;
+        t_idx[slot] = static_cast<int32_t>(r);
+        t_val[slot] = val[k];
+      }
+    return t;
+  }
+
+  /// Dense [rows, cols] float32 copy (small matrices: tests, debugging).
+  torch::Tensor to_dense() const {
+    auto dense = torch::zeros({rows, cols}, torch::kFloat32);
+    const auto row_of = torch::repeat_interleave(torch::arange(rows), indptr.diff());
+    dense.index_put_({row_of, indices.to(torch::kInt64)}, values);
+    return dense;
+  }
+};
+
+struct InteractionMatrixOptions {
+  /// Confidence c = 1 + alpha * r for a stored pair, r its summed signal
+  /// (or its number of interactions when no signal is given). 0: binary,
+  /// every stored value 1 (the recipe's choice).
+  TORCH_ARG(double, alpha) = 0.0;
+};
+
+namespace detail {
+
+inline void check_coordinate(const torch::Tensor& t, const char* name, int64_t n, int64_t limit) {
+  if (!t.defined() || t.dim() != 1 || t.scalar_type() != torch::kInt64 || !t.device().is_cpu() ||
+      t.size(0) != n)
+    throw TensorError(concat("build_csr ", name, ": expected a 1-D int64 CPU tensor of ", n, " entries, got ",
+                             t.defined() ? concat(t.toString(), " ", t.sizes()) : std::string("undefined")));
+  if (n == 0) return;
+  const int64_t lo = t.min().item<int64_t>(), hi = t.max().item<int64_t>();
+  if (lo < -1 || hi >= limit)
+    throw TensorError(concat("build_csr ", name, ": values must be in [-1, ", limit, ") (-1 = unknown, skipped); found ",
+                             lo < -1 ? lo : hi));
+}
+
+} // namespace detail
+
+/// A rows x cols matrix from coordinate lists: entry k is (row[k], col[k])
+/// with signal[k] (optional). Pairs with row or column -1 are skipped;
+/// repeated pairs are merged.
+inline CsrMatrix build_csr(const torch::Tensor& row, const torch::Tensor& col, int64_t rows, int64_t cols,
+                           const torch::Tensor& signal = {}, const InteractionMatrixOptions& options = {}) {
+  if (rows < 0 || cols < 0 || cols > std::numeric_limits<int32_t>::max())
+    throw TensorError(detail::concat("build_csr: bad shape [", rows, ", ", cols, "] (columns must fit in int32)"));
+  if (!(options.alpha() >= 0))
+    throw Error(detail::concat("build_csr: alpha must be >= 0, got ", options.alpha()));
+  const int64_t n = row.defined() ? row.numel() : 0;
+  detail::check_coordinate(row, "row", n, rows);
+  detail::check_coordinate(col, "col", n, cols);
+  torch::Tensor r;
+  if (signal.defined()) {
+    if (signal.dim() != 1 || signal.size(0) != n)
+      throw TensorError(detail::concat("build_csr signal: expected [", n, "], got ", signal.sizes()));
+    r = signal.to(torch::kCPU, torch::kFloat32).contiguous();
+    if (n > 0 && !torch::isfinite(r).all().item<bool>())
+      throw TensorError("build_csr signal: NaN or infinite values");
+  }
+  const auto rc = row.contiguous(), cc = col.contiguous();
+  const int64_t* rp = rc.data_ptr<int64_t>();
+  const int64_t* cp = cc.data_ptr<int64_t>();
+  const float* sp = r.defined() ? r.data_ptr<float>() : nullptr;
+
+  // Counting sort by row (file order kept within a row).
+  std::vector<int64_t> start(static_cast<size_t>(rows + 1), 0);
+  for (int64_t k = 0; k < n; ++k)
+    if (rp[k] >= 0 && cp[k] >= 0) ++start[static_cast<size_t>(rp[k]) + 1];
+  for (int64_t i = 0; i < rows; ++i) start[static_cast<size_t>(i + 1)] += start[static_cast<size_t>(i)];
+  const int64_t kept = start.back();
+  std::vector<std::pair<int32_t, float>> entries(static_cast<size_t>(kept));
+  {
+    std::vector<int64_t> next(start.begin(), start.end() - 1);
+    for (int64_t k = 0; k < n; ++k)
+      if (rp[k] >= 0 && cp[k] >= 0)
+        entries[static_cast<size_t>(next[static_cast<size_t>(rp[k])]++)] = {static_cast<int32_t>(cp[k]),
+                                                                             sp ? sp[k] : 1.0f};
+  }
+  // Per row: sort by column and merge repeats (in place), in parallel.
+  std::vector<int64_t> merged(static_cast<size_t>(rows + 1), 0);
+  at::parallel_for(0, rows, 1024, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) {
+      auto first = entries.begin() + start[static_cast<size_t>(i)];
+      auto last = entries.begin() + start[static_cast<size_t>(i + 1)];
+      std::sort(first, last, [](const auto& a, const auto& b) { return a.first < b.first; });
+      auto out = first;
+      for (auto it = first; it != last; ++it) {
+        if (out != first && (out - 1)->first == it->first)
+          (out - 1)->second += it->second;
+        else
+          *out++ = *it;
+      }
+      merged[static_cast<size_t>(i + 1)] = out - first;
+    }
+  });
+  for (int64_t i = 0; i < rows; ++i) merged[static_cast<size_t>(i + 1)] += merged[static_cast<size_t>(i)];
+
+  CsrMatrix m;
+  m.rows = rows;
+  m.cols = cols;
+  m.indptr = torch::from_blob(merged.data(), {rows + 1}, torch::kInt64).clone();
+  m.indices = torch::empty({merged.back()}, torch::kInt32);
+  m.values = torch::empty({merged.back()}, torch::kFloat32);
+  int32_t* idx = m.indices.data_ptr<int32_t>();
+  float* val = m.values.data_ptr<float>();
+  const float alpha = static_cast<float>(options.alpha());
+  at::parallel_for(0, rows, 1024, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) {
+      const int64_t from = start[static_cast<size_t>(i)], to = merged[static_cast<size_t>(i)];
+      const int64_t count = merged[static_cast<size_t>(i + 1)] - to;
+      for (int64_t k = 0; k < count; ++k) {
+        const auto& e = entries[static_cast<size_t>(from + k)];
+        idx[to + k] = e.first;
+        val[to + k] = alpha == 0 ? 1.0f : 1.0f + alpha * e.second;
+      }
+    }
+  });
+  return m;
+}
+
+/// Users x items of a dataset's interactions. `signal` names an interaction
+/// column for the confidences (empty: counts); only used when alpha > 0.
+inline CsrMatrix user_item_matrix(const Dataset& ds, const std::string& signal = "",
+                                  const InteractionMatrixOptions& options = {}) {
+  return build_csr(ds.interactions["user"], ds.interactions["item"], ds.num_users(), ds.num_items(),
+                   signal.empty() ? torch::Tensor() : ds.interactions[signal], options);
+}
+
+/// Users x sources: each interaction counts for its item's source; items
+/// with an unknown source are skipped.
+inline CsrMatrix user_source_matrix(const Dataset& ds, const std::string& signal = "",
+                                    const InteractionMatrixOptions& options = {}) {
+  const auto source = ds.items["source"].index_select(0, ds.interactions["item"]);
+  return build_csr(ds.interactions["user"], source, ds.num_users(), ds.num_sources(),
+                   signal.empty() ? torch::Tensor() : ds.interactions[signal], options);
+}
+
+} // namespace rectrain
