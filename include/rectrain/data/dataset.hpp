@@ -200,35 +200,43 @@ inline Table read_table_file(const std::string& dir, const std::string& stem,
   return Table();
 }
 
-/// Throws on the first raw id that repeats (the later row is reported).
-inline void check_unique_ids(const torch::Tensor& ids, const std::string& path,
-                             const std::string& column, int64_t column_number) {
-  const int64_t n = ids.numel();
+/// The earliest row whose key repeats an earlier row's, and that earlier
+/// row: {later, first}, or {-1, -1} when keys are unique. `less(a, b)`
+/// orders rows by key.
+template <typename Less>
+std::pair<int64_t, int64_t> first_repeat(int64_t n, Less less) {
   std::vector<int64_t> order(static_cast<size_t>(n));
   std::iota(order.begin(), order.end(), 0);
-  const int64_t* v = ids.data_ptr<int64_t>();
-  std::stable_sort(order.begin(), order.end(), [&](int64_t a, int64_t b) { return v[a] < v[b]; });
-  int64_t worst = -1, first = -1;
+  std::stable_sort(order.begin(), order.end(), less);
+  int64_t later = -1, first = -1;
   for (int64_t i = 1; i < n; ++i) {
     const int64_t a = order[static_cast<size_t>(i - 1)], b = order[static_cast<size_t>(i)];
-    if (v[a] == v[b] && (worst < 0 || b < worst)) {
-      worst = b;
+    if (!less(a, b) && (later < 0 || b < later)) {
+      later = b;
       int64_t j = i - 1;
-      while (j > 0 && v[order[static_cast<size_t>(j - 1)]] == v[b]) --j;
+      while (j > 0 && !less(order[static_cast<size_t>(j - 1)], b)) --j;
       first = order[static_cast<size_t>(j)];
     }
   }
-  if (worst >= 0) {
-    const bool csv = is_csv_path(path);
-    throw InputError(path, csv ? worst + 2 : 0, csv ? column_number : 0, column,
-                     concat("duplicate ", column, " ", v[worst], " (first at ",
-                            csv ? "line " : "row ", csv ? first + 2 : first, ")"));
-  }
+  return {later, first};
 }
 
+/// 1-based position of `column` in a CSV file's header, 0 for other files.
 inline int64_t header_position(const std::string& path, const std::string& column) {
   if (!is_csv_path(path)) return 0;
   return CsvFile(path).column_index(column) + 1;
+}
+
+/// Throws on the first raw id that repeats (the later row is reported).
+inline void check_unique_ids(const torch::Tensor& ids, const std::string& path, const std::string& column) {
+  const int64_t* v = ids.data_ptr<int64_t>();
+  const auto [later, first] = first_repeat(ids.numel(), [&](int64_t a, int64_t b) { return v[a] < v[b]; });
+  if (later >= 0) {
+    const bool csv = is_csv_path(path);
+    throw InputError(path, csv ? later + 2 : 0, header_position(path, column), column,
+                     concat("duplicate ", column, " ", v[later], " (first at ", csv ? "line " : "row ",
+                            csv ? first + 2 : first, ")"));
+  }
 }
 
 } // namespace detail
@@ -261,11 +269,9 @@ inline Dataset load_dataset(const std::string& dir, const DatasetOptions& option
                      {"duration", CsvType::NonNegativeNumber}},
       ExtraColumns::Ignore, items_path, /*embedding_columns=*/true, &embedding_dim);
   if (users_raw.num_columns() > 0)
-    detail::check_unique_ids(users_raw["user_id"], users_path, "user_id",
-                             detail::header_position(users_path, "user_id"));
+    detail::check_unique_ids(users_raw["user_id"], users_path, "user_id");
   if (items_raw.num_columns() > 0)
-    detail::check_unique_ids(items_raw["item_id"], items_path, "item_id",
-                             detail::header_position(items_path, "item_id"));
+    detail::check_unique_ids(items_raw["item_id"], items_path, "item_id");
 
   // Vocabularies: every user and item seen in the interactions or described
   // in the metadata files (a described item may be a cold candidate).
@@ -332,18 +338,10 @@ inline Dataset load_dataset(const std::string& dir, const DatasetOptions& option
       if (c.contains("target")) ds.candidates.add("target", c["target"]);
       // Each (user_id, item_id) pair at most once.
       const auto u = c["user_id"], i = c["item_id"];
-      const int64_t n = u.numel();
-      std::vector<int64_t> order(static_cast<size_t>(n));
-      std::iota(order.begin(), order.end(), 0);
       const int64_t *pu = u.data_ptr<int64_t>(), *pi = i.data_ptr<int64_t>();
-      std::stable_sort(order.begin(), order.end(), [&](int64_t a, int64_t b) {
-        return pu[a] != pu[b] ? pu[a] < pu[b] : pi[a] < pi[b];
-      });
-      int64_t worst = -1;
-      for (int64_t k = 1; k < n; ++k) {
-        const int64_t a = order[static_cast<size_t>(k - 1)], b = order[static_cast<size_t>(k)];
-        if (pu[a] == pu[b] && pi[a] == pi[b] && (worst < 0 || b < worst)) worst = b;
-      }
+      const int64_t worst = detail::first_repeat(u.numel(), [&](int64_t a, int64_t b) {
+                              return pu[a] != pu[b] ? pu[a] < pu[b] : pi[a] < pi[b];
+                            }).first;
       if (worst >= 0) {
         const bool csv = detail::is_csv_path(candidates_path);
         throw InputError(candidates_path, csv ? worst + 2 : 0, 0, "",
