@@ -153,22 +153,12 @@ inline GroupMetric gauc(const torch::Tensor& users, const torch::Tensor& targets
   return result;
 }
 
-/// NDCG@k of one list with gains 2^relevance - 1 (relevance >= 0). Tied
-/// scores share their positions' discounts evenly (tie-aware DCG), so the
-/// value does not depend on how ties happen to be ordered. NaN when every
-/// relevance is 0.
-inline double ndcg_at_k(const torch::Tensor& scores, const torch::Tensor& relevance, int64_t k) {
-  if (k < 1) throw Error(detail::concat("ndcg_at_k: k must be >= 1, got ", k));
-  const auto s = detail::metric_input(scores, "ndcg scores", -1);
-  const auto r = detail::metric_input(relevance, "ndcg relevance", s.size(0));
-  if (s.size(0) > 0 && r.min().item<double>() < 0)
-    throw TensorError("ndcg relevance: values must be >= 0 (shift graded targets first)");
-  const int64_t n = s.size(0);
-  const double* sp = s.data_ptr<double>();
-  const double* rp = r.data_ptr<double>();
-  std::vector<int64_t> idx(static_cast<size_t>(n));
-  std::iota(idx.begin(), idx.end(), 0);
-  std::sort(idx.begin(), idx.end(), [&](int64_t a, int64_t b) { return sp[a] > sp[b]; });
+namespace detail {
+
+/// Tie-aware NDCG@k over entries idx[0..n) of score/relevance (validated
+/// by the caller); `idx` is reordered. NaN when every relevance is 0.
+inline double ndcg_of(const double* sp, const double* rp, int64_t* idx, int64_t n, int64_t k) {
+  std::sort(idx, idx + n, [&](int64_t a, int64_t b) { return sp[a] > sp[b]; });
   auto discount = [](int64_t pos) { return 1.0 / std::log2(static_cast<double>(pos) + 2.0); };
   double dcg = 0;
   for (int64_t i = 0; i < n && i < k;) {
@@ -179,25 +169,48 @@ inline double ndcg_at_k(const torch::Tensor& scores, const torch::Tensor& releva
     for (int64_t p = i; p < j && p < k; ++p) dcg += gain * discount(p);
     i = j;
   }
-  std::vector<double> ideal(rp, rp + n);
+  std::vector<double> ideal(static_cast<size_t>(n));
+  for (int64_t i = 0; i < n; ++i) ideal[static_cast<size_t>(i)] = rp[idx[i]];
   std::sort(ideal.begin(), ideal.end(), std::greater<double>());
   double idcg = 0;
   for (int64_t p = 0; p < n && p < k; ++p) idcg += (std::exp2(ideal[static_cast<size_t>(p)]) - 1.0) * discount(p);
   return idcg > 0 ? dcg / idcg : std::numeric_limits<double>::quiet_NaN();
 }
 
+inline torch::Tensor relevance_input(const torch::Tensor& relevance, int64_t n) {
+  auto r = metric_input(relevance, "ndcg relevance", n);
+  if (n > 0 && r.min().item<double>() < 0)
+    throw TensorError("ndcg relevance: values must be >= 0 (shift graded targets first)");
+  return r;
+}
+
+} // namespace detail
+
+/// NDCG@k of one list with gains 2^relevance - 1 (relevance >= 0). Tied
+/// scores share their positions' discounts evenly (tie-aware DCG), so the
+/// value does not depend on how ties happen to be ordered. NaN when every
+/// relevance is 0.
+inline double ndcg_at_k(const torch::Tensor& scores, const torch::Tensor& relevance, int64_t k) {
+  if (k < 1) throw Error(detail::concat("ndcg_at_k: k must be >= 1, got ", k));
+  const auto s = detail::metric_input(scores, "ndcg scores", -1);
+  const auto r = detail::relevance_input(relevance, s.size(0));
+  std::vector<int64_t> idx(static_cast<size_t>(s.size(0)));
+  std::iota(idx.begin(), idx.end(), 0);
+  return detail::ndcg_of(s.data_ptr<double>(), r.data_ptr<double>(), idx.data(), s.size(0), k);
+}
+
 /// Mean NDCG@k over users whose lists hold a positive relevance.
 inline GroupMetric group_ndcg_at_k(const torch::Tensor& users, const torch::Tensor& relevance,
-                                  const torch::Tensor& scores, int64_t k) {
+                                   const torch::Tensor& scores, int64_t k) {
+  if (k < 1) throw Error(detail::concat("group_ndcg_at_k: k must be >= 1, got ", k));
   const auto s = detail::metric_input(scores, "ndcg scores", -1);
-  const auto r = detail::metric_input(relevance, "ndcg relevance", s.size(0));
+  const auto r = detail::relevance_input(relevance, s.size(0));
   auto [order, bounds] = detail::group_rows(users);
   GroupMetric result;
   double sum = 0;
-  const auto idx = torch::from_blob(order.data(), {static_cast<int64_t>(order.size())}, torch::kInt64);
   for (size_t g = 0; g + 1 < bounds.size(); ++g) {
-    const auto rows = idx.slice(0, bounds[g], bounds[g + 1]);
-    const double v = ndcg_at_k(s.index_select(0, rows), r.index_select(0, rows), k);
+    const double v = detail::ndcg_of(s.data_ptr<double>(), r.data_ptr<double>(), order.data() + bounds[g],
+                                     bounds[g + 1] - bounds[g], k);
     if (!std::isnan(v)) {
       sum += v;
       ++result.users;
