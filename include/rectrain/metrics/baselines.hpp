@@ -17,6 +17,15 @@ inline torch::Tensor random_scores(int64_t n, uint64_t seed) {
   return torch::rand({n}, gen, torch::kFloat32);
 }
 
+namespace detail {
+/// Each candidate's entry of a per-item score, `unknown` for cold items.
+inline torch::Tensor candidate_item_scores(const Dataset& ds, const torch::Tensor& per_item, double unknown) {
+  const auto table = torch::cat({per_item, torch::full({1}, unknown, per_item.options())});
+  const auto item = ds.candidates["item"];
+  return table.index_select(0, torch::where(item < 0, torch::full_like(item, ds.num_items()), item));
+}
+} // namespace detail
+
 /// Views of each dense item in the interactions, [items] float32.
 inline torch::Tensor item_view_counts(const Dataset& ds) {
   return torch::bincount(ds.interactions["item"], {}, ds.num_items()).to(torch::kFloat32);
@@ -24,9 +33,7 @@ inline torch::Tensor item_view_counts(const Dataset& ds) {
 
 /// Score of each candidate: how often its item was viewed (0 when cold).
 inline torch::Tensor popularity_scores(const Dataset& ds) {
-  const auto counts = torch::cat({item_view_counts(ds), torch::zeros({1})});
-  const auto item = ds.candidates["item"];
-  return counts.index_select(0, torch::where(item < 0, torch::full_like(item, ds.num_items()), item));
+  return detail::candidate_item_scores(ds, item_view_counts(ds), 0.0);
 }
 
 /// Score of each candidate: (likes + m p) / (views + m), its item's like
@@ -37,10 +44,7 @@ inline torch::Tensor like_rate_scores(const Dataset& ds, double strength = 2.0) 
   const auto likes = torch::zeros({ds.num_items()}, torch::kFloat64)
                          .index_add_(0, ds.interactions["item"], ds.interactions["like"].to(torch::kFloat64));
   const double p = likes.sum().item<double>() / std::max(1.0, views.sum().item<double>());
-  const auto rate = torch::cat({(likes + strength * p) / (views + strength), torch::full({1}, p, torch::kFloat64)});
-  const auto item = ds.candidates["item"];
-  return rate.index_select(0, torch::where(item < 0, torch::full_like(item, ds.num_items()), item))
-      .to(torch::kFloat32);
+  return detail::candidate_item_scores(ds, (likes + strength * p) / (views + strength), p).to(torch::kFloat32);
 }
 
 } // namespace rectrain
