@@ -1,5 +1,5 @@
 // rectrain-vk: the VK RecSys Challenge 2024 recipe, end to end.
-// Subcommands so far: synth, baseline, eval, demo.
+// Subcommands so far: synth, baseline, eval, als, demo.
 
 #include <rectrain/rectrain.hpp>
 
@@ -77,6 +77,70 @@ int run_eval(const std::string& candidates, const std::string& predictions) {
   return 0;
 }
 
+struct AlsSettings {
+  int64_t factors = 256, source_factors = 128, iterations = 15;
+  double regularization = 0.01, alpha = 0;
+  std::string device = "cpu";
+};
+
+/// Fits ALS on one matrix, printing each iteration's time and loss.
+rectrain::AlsFactors fit_als(const char* name, const rectrain::CsrMatrix& m, int64_t factors,
+                             const AlsSettings& s, uint64_t seed) {
+  std::printf("als %s: %lld x %lld, %lld nonzeros, %lld factors\n", name, static_cast<long long>(m.rows),
+              static_cast<long long>(m.cols), static_cast<long long>(m.nnz()), static_cast<long long>(factors));
+  const auto options = rectrain::ImplicitAlsOptions(factors)
+                           .regularization(s.regularization)
+                           .alpha(s.alpha)
+                           .iterations(s.iterations)
+                           .seed(seed)
+                           .device(torch::Device(s.device))
+                           .compute_loss(true)
+                           .on_iteration([name](const rectrain::AlsIterationStats& st) {
+                             std::printf("als %s: iteration %2lld  %.3f s  loss %.8f\n", name,
+                                         static_cast<long long>(st.iteration), st.seconds, st.loss);
+                             std::fflush(stdout);
+                           });
+  return rectrain::fit_implicit_als(m, options);
+}
+
+int run_als(const std::string& data, const std::string& out, const AlsSettings& s, uint64_t seed) {
+  auto t0 = clock_type::now();
+  const auto ds = rectrain::load_dataset(data);
+  std::printf("als: loaded %s in %.2f s\n", data.c_str(), seconds_since(t0));
+  // Tensors of different lengths: a plain dict, not a Table.
+  c10::impl::GenericDict saved(c10::StringType::get(), c10::TensorType::get());
+  const auto item_fit = fit_als("user x item", rectrain::user_item_matrix(ds), s.factors, s, seed);
+  saved.insert("user_item_factors", item_fit.user.cpu());
+  saved.insert("item_factors", item_fit.item.cpu());
+  saved.insert("user_id", ds.user_ids.decode(torch::arange(ds.num_users())));
+  saved.insert("item_id", ds.item_ids.decode(torch::arange(ds.num_items())));
+  torch::Tensor user_source;
+  const auto us = ds.num_sources() > 0 ? rectrain::user_source_matrix(ds) : rectrain::CsrMatrix{};
+  if (us.nnz() > 0 && s.source_factors > 0) {
+    const auto source_fit = fit_als("user x source", us, s.source_factors, s, seed + 1);
+    user_source = source_fit.user;
+    saved.insert("user_source_factors", source_fit.user.cpu());
+    saved.insert("source_factors", source_fit.item.cpu());
+    saved.insert("source_id", ds.source_ids.decode(torch::arange(ds.num_sources())));
+  } else {
+    std::printf("als: no item sources known: source factors skipped\n");
+  }
+  std::filesystem::create_directories(out);
+  const std::string path = (std::filesystem::path(out) / "als.pt").string();
+  rectrain::save_pickle(c10::IValue(saved), path);
+  std::printf("als: wrote %s (torch.save format: a dict of tensors)\n", path.c_str());
+  if (ds.candidates.num_rows() > 0 && ds.candidates.contains("target")) {
+    // Dot products of the item-ALS factors as candidate scores; unknown
+    // users or items score 0.
+    const auto& c = ds.candidates;
+    const auto user = c["user"].clamp_min(0), item = c["item"].clamp_min(0);
+    const auto known = (c["user"] >= 0) & (c["item"] >= 0);
+    const auto scores = (item_fit.user.cpu().index_select(0, user) * item_fit.item.cpu().index_select(0, item)).sum(1);
+    print_gauc("als_dot", ds, torch::where(known, scores, torch::zeros_like(scores)));
+  }
+  return 0;
+}
+
 int run_demo(double scale, std::string dir, uint64_t seed) {
   std::printf("rectrain %s demo: LibTorch %d.%d, %d threads\n", rectrain::version_string,
               TORCH_VERSION_MAJOR, TORCH_VERSION_MINOR, at::get_num_threads());
@@ -146,6 +210,20 @@ int main(int argc, char** argv) {
   eval->add_option("--candidates", candidates, "candidates.csv with a target column")->required();
   eval->add_option("--predictions", predictions, "predictions.csv")->required();
 
+  AlsSettings als_settings;
+  auto* als = app.add_subcommand("als", "Fit implicit ALS (user x item, user x source) and save the factors");
+  als->add_option("--data", data, "Dataset directory")->required()->check(CLI::ExistingDirectory);
+  als->add_option("--out", out, "Output directory (als.pt goes there)")->required();
+  als->add_option("--factors", als_settings.factors, "Item-ALS factors")->check(CLI::PositiveNumber)
+      ->capture_default_str();
+  als->add_option("--source-factors", als_settings.source_factors, "Source-ALS factors (0: skip)")
+      ->capture_default_str();
+  als->add_option("--iterations", als_settings.iterations, "ALS iterations")->capture_default_str();
+  als->add_option("--regularization", als_settings.regularization, "lambda")->capture_default_str();
+  als->add_option("--alpha", als_settings.alpha, "Confidence 1 + alpha * count (0: binary)")->capture_default_str();
+  als->add_option("--device", als_settings.device, "cpu or cuda")->capture_default_str();
+  als->add_option("--seed", seed, "Random seed")->capture_default_str();
+
   auto* demo = app.add_subcommand("demo", "Synthetic data -> group sampler -> baselines (the default)");
   demo->add_option("--scale", scale, "Synthetic scale")->capture_default_str();
   demo->add_option("--dir", dir, "Keep the synthetic dataset here (default: a temporary directory)");
@@ -157,6 +235,7 @@ int main(int argc, char** argv) {
     if (*synth) return run_synth(scale, out, seed);
     if (*baseline) return run_baseline(data, predictions, which, seed);
     if (*eval) return run_eval(candidates, predictions);
+    if (*als) return run_als(data, out, als_settings, seed);
     return run_demo(scale, dir, seed);
   } catch (const std::exception& e) {
     std::fprintf(stderr, "rectrain-vk: error: %s\n", e.what());

@@ -2,10 +2,13 @@
 // rectrain: recommender-system training components for LibTorch.
 // The umbrella header; each part can also be included on its own.
 
+#include <rectrain/als/embedding_init.hpp>
+#include <rectrain/als/implicit_als.hpp>
 #include <rectrain/als/sparse_matrix.hpp>
 #include <rectrain/core/atomic_file.hpp>
 #include <rectrain/core/compat.hpp>
 #include <rectrain/core/error.hpp>
+#include <rectrain/core/huge_pages.hpp>
 #include <rectrain/core/id_map.hpp>
 #include <rectrain/core/random.hpp>
 #include <rectrain/core/text.hpp>

@@ -1,9 +1,10 @@
 #pragma once
 // Compressed sparse row matrices of interactions, the input of implicit ALS:
-// user x item, or user x source through each item's source. Binary by
-// default; optionally confidences c = 1 + alpha * r (Hu, Koren & Volinsky
-// 2008), r summed over duplicate (row, column) pairs. Built in O(nnz) by a
-// counting sort, duplicates merged per row in parallel.
+// user x item, or user x source through each item's source. A stored value
+// is r, the number of interactions of the pair or the sum of a signal over
+// them; ImplicitAlsOptions::alpha turns it into a confidence (binary by
+// default). Built in O(nnz) by a counting sort, duplicates merged per row in
+// parallel.
 
 #include <rectrain/core/compat.hpp>
 #include <rectrain/core/error.hpp>
@@ -27,7 +28,7 @@ struct CsrMatrix {
   int64_t cols = 0;
   torch::Tensor indptr;   ///< [rows + 1] int64
   torch::Tensor indices;  ///< [nnz] int32 column indices
-  torch::Tensor values;   ///< [nnz] float32 (confidences; 1 when binary)
+  torch::Tensor values;   ///< [nnz] float32 r: interaction count or summed signal
 
   int64_t nnz() const { return indices.defined() ? indices.numel() : 0; }
 
@@ -66,13 +67,6 @@ struct CsrMatrix {
   }
 };
 
-struct InteractionMatrixOptions {
-  /// Confidence c = 1 + alpha * r for a stored pair, r its summed signal
-  /// (or its number of interactions when no signal is given). 0: binary,
-  /// every stored value 1 (the recipe's choice).
-  TORCH_ARG(double, alpha) = 0.0;
-};
-
 namespace detail {
 
 inline void check_coordinate(const torch::Tensor& t, const char* name, int64_t n, int64_t limit) {
@@ -91,13 +85,12 @@ inline void check_coordinate(const torch::Tensor& t, const char* name, int64_t n
 
 /// A rows x cols matrix from coordinate lists: entry k is (row[k], col[k])
 /// with signal[k] (optional). Pairs with row or column -1 are skipped;
-/// repeated pairs are merged.
+/// repeated pairs are merged: the stored value is the sum of their signals,
+/// or their count when no signal is given.
 inline CsrMatrix build_csr(const torch::Tensor& row, const torch::Tensor& col, int64_t rows, int64_t cols,
-                           const torch::Tensor& signal = {}, const InteractionMatrixOptions& options = {}) {
+                           const torch::Tensor& signal = {}) {
   if (rows < 0 || cols < 0 || cols > std::numeric_limits<int32_t>::max())
     throw TensorError(detail::concat("build_csr: bad shape [", rows, ", ", cols, "] (columns must fit in int32)"));
-  if (!(options.alpha() >= 0))
-    throw Error(detail::concat("build_csr: alpha must be >= 0, got ", options.alpha()));
   const int64_t n = row.defined() ? row.numel() : 0;
   detail::check_coordinate(row, "row", n, rows);
   detail::check_coordinate(col, "col", n, cols);
@@ -155,7 +148,6 @@ inline CsrMatrix build_csr(const torch::Tensor& row, const torch::Tensor& col, i
   m.values = torch::empty({merged.back()}, torch::kFloat32);
   int32_t* idx = m.indices.data_ptr<int32_t>();
   float* val = m.values.data_ptr<float>();
-  const float alpha = static_cast<float>(options.alpha());
   at::parallel_for(0, rows, 1024, [&](int64_t begin, int64_t end) {
     for (int64_t i = begin; i < end; ++i) {
       const int64_t from = start[static_cast<size_t>(i)], to = merged[static_cast<size_t>(i)];
@@ -163,7 +155,7 @@ inline CsrMatrix build_csr(const torch::Tensor& row, const torch::Tensor& col, i
       for (int64_t k = 0; k < count; ++k) {
         const auto& e = entries[static_cast<size_t>(from + k)];
         idx[to + k] = e.first;
-        val[to + k] = alpha == 0 ? 1.0f : 1.0f + alpha * e.second;
+        val[to + k] = e.second;
       }
     }
   });
@@ -171,20 +163,18 @@ inline CsrMatrix build_csr(const torch::Tensor& row, const torch::Tensor& col, i
 }
 
 /// Users x items of a dataset's interactions. `signal` names an interaction
-/// column for the confidences (empty: counts); only used when alpha > 0.
-inline CsrMatrix user_item_matrix(const Dataset& ds, const std::string& signal = "",
-                                  const InteractionMatrixOptions& options = {}) {
+/// column to sum per pair (empty: count the pair's interactions).
+inline CsrMatrix user_item_matrix(const Dataset& ds, const std::string& signal = "") {
   return build_csr(ds.interactions["user"], ds.interactions["item"], ds.num_users(), ds.num_items(),
-                   signal.empty() ? torch::Tensor() : ds.interactions[signal], options);
+                   signal.empty() ? torch::Tensor() : ds.interactions[signal]);
 }
 
 /// Users x sources: each interaction counts for its item's source; items
 /// with an unknown source are skipped.
-inline CsrMatrix user_source_matrix(const Dataset& ds, const std::string& signal = "",
-                                    const InteractionMatrixOptions& options = {}) {
+inline CsrMatrix user_source_matrix(const Dataset& ds, const std::string& signal = "") {
   const auto source = ds.items["source"].index_select(0, ds.interactions["item"]);
   return build_csr(ds.interactions["user"], source, ds.num_users(), ds.num_sources(),
-                   signal.empty() ? torch::Tensor() : ds.interactions[signal], options);
+                   signal.empty() ? torch::Tensor() : ds.interactions[signal]);
 }
 
 } // namespace rectrain

@@ -1,0 +1,464 @@
+#pragma once
+// The CPU implicit-ALS solver, on Eigen. Internal to fit_implicit_als.
+//
+// Solving one side (say users, item factors Y fixed) means, for every user
+// u with items I(u) and confidences c_ui,
+//     (YᵀY + λI + Σ_{i∈I(u)} (c_ui − 1) y_i y_iᵀ) x_u = Σ_{i∈I(u)} c_ui y_i.
+// - Every c = 1 (the recipe's binary case): all users share the matrix
+//   A = YᵀY + λI, so X = (P Y) A⁻¹ with P the 0/1 matrix: one sparse sum of
+//   rows per user, one f×f factorisation, one GEMM. Exact, and cheaper than
+//   any iterative method.
+// - Otherwise conjugate gradient, warm-started from the previous factors,
+//   applying the matrix as YᵀY p + Σ (c − 1)(y_iᵀp) y_i (the YᵀY trick of
+//   Takács et al.: no per-user f×f matrix). Users are solved in batches of
+//   similar degree so that YᵀY is applied to a whole batch's vectors with
+//   one GEMM, each user's rows of Y are copied once into a contiguous block
+//   that the CG steps then read as GEMVs, and rows too long for the cache
+//   are streamed through a small buffer instead.
+// - Or, on request, an exact per-row Cholesky solve.
+
+#include <rectrain/als/als_problem.hpp>
+#include <rectrain/core/error.hpp>
+#include <rectrain/core/huge_pages.hpp>
+
+#include <Eigen/Cholesky>
+#include <Eigen/Dense>
+#include <torch/torch.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <numeric>
+#include <type_traits>
+#include <utility>
+#include <vector>
+
+namespace rectrain {
+namespace detail {
+
+/// Rows with at least one nonzero, longest first (ties by index), so the
+/// heaviest rows start first and the dynamic split ends evenly.
+inline std::vector<int64_t> rows_by_degree(const CsrMatrix& m) {
+  const int64_t* ptr = m.indptr.data_ptr<int64_t>();
+  std::vector<int64_t> order;
+  order.reserve(static_cast<size_t>(m.rows));
+  for (int64_t r = 0; r < m.rows; ++r)
+    if (ptr[r + 1] > ptr[r]) order.push_back(r);
+  std::stable_sort(order.begin(), order.end(),
+                   [ptr](int64_t a, int64_t b) { return ptr[a + 1] - ptr[a] > ptr[b + 1] - ptr[b]; });
+  return order;
+}
+
+/// Contiguous ranges of rows holding about `target` nonzeros each (at least
+/// one row): tasks for loops whose cost is proportional to nonzeros.
+inline std::vector<int64_t> nnz_balanced_ranges(const CsrMatrix& m, int64_t target) {
+  const int64_t* ptr = m.indptr.data_ptr<int64_t>();
+  std::vector<int64_t> bounds{0};
+  int64_t since = 0;
+  for (int64_t r = 0; r < m.rows; ++r) {
+    since += ptr[r + 1] - ptr[r] + 1;
+    if (since >= target) {
+      bounds.push_back(r + 1);
+      since = 0;
+    }
+  }
+  if (bounds.back() != m.rows) bounds.push_back(m.rows);
+  return bounds;
+}
+
+/// acc += Σ_q s_q y_q over `len` contiguous rows y_q of V vectors each,
+/// with s_q = c_q − (c_q − 1) y_qᵀv (residual) or (c_q − 1) y_qᵀv: one pass
+/// that takes each row once into registers for its dot product and its
+/// update, where a pair of GEMVs would read the rows twice and reduce the
+/// dot products less efficiently. Vectors are 64-byte GCC/Clang vector
+/// extensions: the width of the target's widest registers when it has
+/// AVX-512, split into narrower registers otherwise.
+template <class T, int V>
+void fused_confidence_pass(const T* rows, int64_t len, const float* c, bool residual, const T* v, T* acc) {
+  constexpr int kLanes = 64 / static_cast<int>(sizeof(T));
+  typedef T Vec __attribute__((vector_size(64)));
+  const auto load = [](const T* p) {
+    Vec x;
+    __builtin_memcpy(&x, p, sizeof(Vec));
+    return x;
+  };
+  Vec vv[V], aa[V];
+  for (int k = 0; k < V; ++k) {
+    vv[k] = load(v + k * kLanes);
+    aa[k] = Vec{};
+  }
+  for (int64_t q = 0; q < len; ++q) {
+    const T* r = rows + q * (V * kLanes);
+    // Four partial sums: a short dependency chain before the reduction.
+    Vec d[4] = {load(r) * vv[0], Vec{}, Vec{}, Vec{}};
+    for (int k = 1; k < V; ++k) d[k % 4] += load(r + k * kLanes) * vv[k];
+    const Vec d0 = (d[0] + d[1]) + (d[2] + d[3]);
+    T t = 0;
+    for (int l = 0; l < kLanes; ++l) t += d0[l];
+    const T cq = static_cast<T>(c[q]);
+    const T sq = residual ? cq - (cq - 1) * t : (cq - 1) * t;
+    for (int k = 0; k < V; ++k) aa[k] += sq * load(r + k * kLanes);
+  }
+  for (int k = 0; k < V; ++k) {
+    Vec out = load(acc + k * kLanes) + aa[k];
+    __builtin_memcpy(acc + k * kLanes, &out, sizeof(Vec));
+  }
+}
+
+/// The fused pass for f = V * lanes, V in [1, 16]; nullptr for other f.
+template <class T>
+using FusedPass = void (*)(const T*, int64_t, const float*, bool, const T*, T*);
+template <class T, int... V>
+FusedPass<T> pick_fused_pass(int64_t f, std::integer_sequence<int, V...>) {
+  constexpr int64_t kLanes = 64 / static_cast<int64_t>(sizeof(T));
+  FusedPass<T> out = nullptr;
+  ((f == (V + 1) * kLanes ? (out = &fused_confidence_pass<T, V + 1>, 0) : 0), ...);
+  return out;
+}
+template <class T>
+FusedPass<T> fused_pass_for(int64_t f) {
+  return pick_fused_pass<T>(f, std::make_integer_sequence<int, 16>{});
+}
+
+template <class T>
+class CpuAlsSolver {
+ public:
+  using Matrix = Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic>;
+  using RowMatrix = Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+  using Vector = Eigen::Matrix<T, Eigen::Dynamic, 1>;
+  using VectorMap = Eigen::Map<Vector>;
+  using ConstVectorMap = Eigen::Map<const Vector>;
+  using ConstRowMatrixMap = Eigen::Map<const RowMatrix>;
+
+  explicit CpuAlsSolver(const AlsProblem& problem)
+      : p_(problem), user_order_(rows_by_degree(problem.users.m)), item_order_(rows_by_degree(problem.items.m)) {}
+
+  /// x_u for every user given item factors y ([items, f]); x ([users, f])
+  /// is read as the CG starting point and overwritten.
+  void solve_users(torch::Tensor& x, const torch::Tensor& y) { solve(p_.users, user_order_, x, y); }
+  void solve_items(torch::Tensor& y, const torch::Tensor& x) { solve(p_.items, item_order_, y, x); }
+
+  /// Σ_all cells c (p − xᵀy)² + λ(‖X‖² + ‖Y‖²), computed as
+  /// tr(XᵀX YᵀY) + Σ_nonzeros [c (1 − s)² − s²] + λ(…), s = x_uᵀy_i.
+  double objective(const torch::Tensor& x, const torch::Tensor& y) const {
+    const auto xtx = torch::mm(x.t(), x), yty = torch::mm(y.t(), y);
+    double total = (xtx.to(torch::kFloat64) * yty.to(torch::kFloat64)).sum().item<double>();
+    total += p_.regularization * (x.pow(2).sum(torch::kFloat64).item<double>() +
+                                  y.pow(2).sum(torch::kFloat64).item<double>());
+    const CsrMatrix& m = p_.users.m;
+    const int64_t f = x.size(1);
+    const int64_t* ptr = m.indptr.data_ptr<int64_t>();
+    const int32_t* idx = m.indices.data_ptr<int32_t>();
+    const float* conf = p_.users.confidence.defined() ? p_.users.confidence.data_ptr<float>() : nullptr;
+    const T* xp = x.data_ptr<T>();
+    const T* yp = y.data_ptr<T>();
+    // Fixed ranges and an in-order sum of their partials: the same result
+    // for any thread count.
+    const auto bounds = nnz_balanced_ranges(m, 1 << 16);
+    std::vector<double> partial(bounds.size() - 1, 0.0);
+    parallel_tasks<int>(static_cast<int64_t>(partial.size()), [&](int64_t task, int&) {
+      double sum = 0;
+      for (int64_t u = bounds[static_cast<size_t>(task)]; u < bounds[static_cast<size_t>(task) + 1]; ++u) {
+        const ConstVectorMap xu(xp + u * f, f);
+        for (int64_t k = ptr[u]; k < ptr[u + 1]; ++k) {
+          const double s = static_cast<double>(xu.dot(ConstVectorMap(yp + int64_t{idx[k]} * f, f)));
+          const double c = conf ? conf[k] : 1.0;
+          sum += c * (1 - s) * (1 - s) - s * s;
+        }
+      }
+      partial[static_cast<size_t>(task)] = sum;
+    });
+    for (double v : partial) total += v;
+    return total;
+  }
+
+ private:
+  // Short rows are grouped until their copied rows reach this size (they
+  // then stay in L2 across the CG steps).
+  static constexpr int64_t kBlockBytes = 384 * 1024;
+  static constexpr int64_t kMaxBatch = 32;
+  static constexpr int64_t kChunkRows = 64;
+
+  struct CgWorkspace {
+    Matrix x, r, p, ap;
+    Vector t;
+    std::vector<T> block;
+    std::vector<int64_t> offset;
+    std::vector<T> rs;
+    std::vector<char> active;
+  };
+
+  void solve(const AlsSide& side, const std::vector<int64_t>& order, torch::Tensor& x, const torch::Tensor& y) {
+    if (p_.binary)
+      solve_shared(side, x, y);
+    else if (p_.solver == AlsSolver::Cholesky)
+      solve_cholesky(side, order, x, y);
+    else
+      solve_cg(side, order, x, y);
+  }
+
+  /// YᵀY + λI as an Eigen matrix (GEMM through LibTorch's BLAS),
+  /// symmetrised against rounding.
+  Eigen::MatrixXd gram(const torch::Tensor& y) const {
+    const int64_t f = y.size(1);
+    const auto g = torch::mm(y.t(), y).to(torch::kFloat64).contiguous();
+    Eigen::MatrixXd a = Eigen::Map<const Eigen::MatrixXd>(g.data_ptr<double>(), f, f);
+    a = (0.5 * (a + a.transpose())).eval();
+    a.diagonal().array() += p_.regularization;
+    return a;
+  }
+
+  static void zero_empty_rows(const CsrMatrix& m, torch::Tensor& x) {
+    const int64_t* ptr = m.indptr.data_ptr<int64_t>();
+    T* xp = x.data_ptr<T>();
+    const int64_t f = x.size(1);
+    for (int64_t r = 0; r < m.rows; ++r)
+      if (ptr[r + 1] == ptr[r]) std::fill(xp + r * f, xp + (r + 1) * f, T(0));
+  }
+
+  // ---- every confidence 1: X = (P Y) (YᵀY + λI)⁻¹ -------------------------
+  void solve_shared(const AlsSide& side, torch::Tensor& x, const torch::Tensor& y) {
+    const CsrMatrix& m = side.m;
+    const int64_t f = y.size(1);
+    auto b = empty_huge_pages(x.sizes(), x.options());
+    const int64_t* ptr = m.indptr.data_ptr<int64_t>();
+    const int32_t* idx = m.indices.data_ptr<int32_t>();
+    const T* yp = y.data_ptr<T>();
+    T* bp = b.data_ptr<T>();
+    const auto bounds = nnz_balanced_ranges(m, 1 << 15);
+    parallel_tasks<int>(static_cast<int64_t>(bounds.size()) - 1, [&](int64_t task, int&) {
+      for (int64_t r = bounds[static_cast<size_t>(task)]; r < bounds[static_cast<size_t>(task) + 1]; ++r) {
+        VectorMap acc(bp + r * f, f);
+        acc.setZero();
+        int64_t k = ptr[r];
+        const auto row = [&](int64_t j) { return ConstVectorMap(yp + int64_t{idx[j]} * f, f); };
+        // Four rows per pass over the accumulator: a quarter of its loads
+        // and stores.
+        for (; k + 4 <= ptr[r + 1]; k += 4) acc += (row(k) + row(k + 1)) + (row(k + 2) + row(k + 3));
+        for (; k < ptr[r + 1]; ++k) acc += row(k);
+      }
+    });
+    const Eigen::MatrixXd a = gram(y);
+    Eigen::LLT<Eigen::MatrixXd> llt(a);
+    if (llt.info() != Eigen::Success)
+      throw Error(concat("implicit ALS: YᵀY + λI is not positive definite (regularization ", p_.regularization,
+                         ", factors ", f, "); use regularization > 0"));
+    const Eigen::MatrixXd inverse = llt.solve(Eigen::MatrixXd::Identity(f, f));
+    const auto inv = torch::from_blob(const_cast<double*>(inverse.data()), {f, f}, torch::kFloat64)
+                         .to(x.scalar_type());
+    torch::mm_out(x, b, inv);
+  }
+
+  // ---- conjugate gradient ---------------------------------------------------
+  /// A range of the degree order solved together: short rows in groups (so
+  /// YᵀY meets their vectors in one GEMM), a row longer than kBlockBytes
+  /// alone.
+  std::vector<std::pair<int64_t, int64_t>> make_batches(const CsrMatrix& m, const std::vector<int64_t>& order,
+                                                        int64_t f) const {
+    const int64_t* ptr = m.indptr.data_ptr<int64_t>();
+    const int64_t row_bytes = f * static_cast<int64_t>(sizeof(T));
+    std::vector<std::pair<int64_t, int64_t>> batches;
+    const int64_t n = static_cast<int64_t>(order.size());
+    for (int64_t i = 0; i < n;) {
+      int64_t j = i, bytes = 0;
+      do {
+        bytes += (ptr[order[static_cast<size_t>(j)] + 1] - ptr[order[static_cast<size_t>(j)]]) * row_bytes;
+        ++j;
+      } while (j < n && j - i < kMaxBatch &&
+               bytes + (ptr[order[static_cast<size_t>(j)] + 1] - ptr[order[static_cast<size_t>(j)]]) * row_bytes <=
+                   kBlockBytes);
+      batches.emplace_back(i, j);
+      i = j;
+    }
+    return batches;
+  }
+
+  /// Copies rows idx[0..len) of y into dst, prefetching a few rows ahead
+  /// (the gather is the one pass that reads far memory).
+  static void gather_rows(const T* y, int64_t f, const int32_t* idx, int64_t len, const int32_t* idx_end, T* dst) {
+    constexpr int64_t kAhead = 2;
+    const int64_t bytes = f * static_cast<int64_t>(sizeof(T));
+    for (int64_t q = 0; q < len; ++q) {
+      if (idx + q + kAhead < idx_end) {
+        const char* ahead = reinterpret_cast<const char*>(y + int64_t{idx[q + kAhead]} * f);
+        for (int64_t b = 0; b < bytes; b += 64) __builtin_prefetch(ahead + b);
+      }
+      VectorMap(dst + q * f, f) = ConstVectorMap(y + int64_t{idx[q]} * f, f);
+    }
+  }
+
+  void solve_cg(const AlsSide& side, const std::vector<int64_t>& order, torch::Tensor& x, const torch::Tensor& y) {
+    const CsrMatrix& m = side.m;
+    const int64_t f = y.size(1);
+    const int64_t steps = p_.cg_steps;
+    const Eigen::MatrixXd g64 = gram(y);
+    zero_empty_rows(m, x);  // the exact solution for a row without nonzeros
+    // CG applies YᵀY + λI to every row's vectors 1 + steps times. In the
+    // eigenbasis of that matrix, G = Q Λ Qᵀ, it is diagonal: solve there
+    // for z = Qᵀx against rotated rows Qᵀy_i (CG is invariant under
+    // rotations: the same iterates up to rounding). That costs one rotation
+    // of the fixed side (cols f²) and two per row (in and out), instead of
+    // (1 + steps) f² per row: worth it when cols is small next to rows.
+    const bool rotate = m.cols + 2 * m.rows < (1 + steps) * m.rows;
+    Matrix g, q;
+    Vector lambda;
+    torch::Tensor source = y;
+    if (rotate) {
+      const auto eig = torch::linalg_eigh(torch::from_blob(const_cast<double*>(g64.data()), {f, f}, torch::kFloat64));
+      const auto values = std::get<0>(eig).contiguous(), vectors = std::get<1>(eig).contiguous();
+      lambda = Eigen::Map<const Eigen::VectorXd>(values.data_ptr<double>(), f).template cast<T>();
+      // linalg_eigh returns row-major storage: Q(i, j) = vectors[i][j].
+      q = Eigen::Map<const Eigen::Matrix<double, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>>(
+              vectors.data_ptr<double>(), f, f)
+              .template cast<T>();
+      source = empty_huge_pages(y.sizes(), y.options());
+      torch::mm_out(source, y, vectors.to(y.scalar_type()));  // rows y_iᵀQ = (Qᵀy_i)ᵀ
+    } else {
+      g = g64.template cast<T>();
+    }
+    const auto batches = make_batches(m, order, f);
+    const int64_t* ptr = m.indptr.data_ptr<int64_t>();
+    const int32_t* idx = m.indices.data_ptr<int32_t>();
+    const float* conf = side.confidence.data_ptr<float>();
+    const T* yp = source.data_ptr<T>();
+    T* xp = x.data_ptr<T>();
+    const FusedPass<T> fused = fused_pass_for<T>(f);
+
+    parallel_tasks<CgWorkspace>(static_cast<int64_t>(batches.size()), [&](int64_t task, CgWorkspace& w) {
+      const int64_t first = batches[static_cast<size_t>(task)].first;
+      const int64_t k = batches[static_cast<size_t>(task)].second - first;
+      const auto row_of = [&](int64_t j) { return order[static_cast<size_t>(first + j)]; };
+      w.offset.assign(static_cast<size_t>(k + 1), 0);
+      for (int64_t j = 0; j < k; ++j)
+        w.offset[static_cast<size_t>(j + 1)] = w.offset[static_cast<size_t>(j)] + ptr[row_of(j) + 1] - ptr[row_of(j)];
+      w.block.resize(static_cast<size_t>(w.offset.back() * f));
+      w.t.resize(kChunkRows);
+
+      // acc += Σ_i s_i y_i over row j's nonzeros, s_i = c_i − (c_i − 1) y_iᵀv
+      // (the residual pass, which also copies the rows into the block) or
+      // s_i = (c_i − 1) y_iᵀv. Chunks of rows small enough that the second
+      // read of each row finds it in L1.
+      const auto pass = [&](int64_t j, bool residual, const T* v, T* acc) {
+        const int64_t row = row_of(j), n = ptr[row + 1] - ptr[row];
+        const float* c = conf + ptr[row];
+        T* base = w.block.data() + w.offset[static_cast<size_t>(j)] * f;
+        for (int64_t s = 0; s < n; s += kChunkRows) {
+          const int64_t len = std::min(kChunkRows, n - s);
+          if (residual) gather_rows(yp, f, idx + ptr[row] + s, len, idx + ptr[row + 1], base + s * f);
+          if (fused) {
+            fused(base + s * f, len, c + s, residual, v, acc);
+            continue;
+          }
+          const ConstRowMatrixMap rows(base + s * f, len, f);
+          auto t = w.t.head(len);
+          t.noalias() = rows * ConstVectorMap(v, f);
+          if (residual)
+            for (int64_t q = 0; q < len; ++q) t[q] = T(c[s + q]) - T(c[s + q] - 1) * t[q];
+          else
+            for (int64_t q = 0; q < len; ++q) t[q] *= T(c[s + q] - 1);
+          VectorMap(acc, f).noalias() += rows.transpose() * t;
+        }
+      };
+      // out = (YᵀY + λI) in, in whichever basis we solve.
+      const auto apply_gram = [&](const Matrix& in, Matrix& out) {
+        if (rotate)
+          out.noalias() = lambda.asDiagonal() * in;
+        else
+          out.noalias() = g * in;
+      };
+
+      w.x.resize(f, k);
+      for (int64_t j = 0; j < k; ++j) w.x.col(j) = ConstVectorMap(xp + row_of(j) * f, f);
+      if (rotate) {
+        w.ap.noalias() = q.transpose() * w.x;
+        w.x.swap(w.ap);
+      }
+      // r = b − A x, as −(YᵀY + λI) x + Σ (c − (c − 1) yᵀx) y.
+      apply_gram(w.x, w.r);
+      w.r = -w.r;
+      for (int64_t j = 0; j < k; ++j) pass(j, true, w.x.col(j).data(), w.r.col(j).data());
+      w.p = w.r;
+      w.rs.resize(static_cast<size_t>(k));
+      w.active.assign(static_cast<size_t>(k), 1);
+      for (int64_t j = 0; j < k; ++j) {
+        w.rs[static_cast<size_t>(j)] = w.r.col(j).squaredNorm();
+        if (w.rs[static_cast<size_t>(j)] < T(1e-20)) w.active[static_cast<size_t>(j)] = 0;
+      }
+      for (int64_t step = 0; step < steps; ++step) {
+        apply_gram(w.p, w.ap);
+        bool any = false;
+        for (int64_t j = 0; j < k; ++j) {
+          if (!w.active[static_cast<size_t>(j)]) continue;
+          pass(j, false, w.p.col(j).data(), w.ap.col(j).data());
+          const T pap = w.p.col(j).dot(w.ap.col(j));
+          T& rs = w.rs[static_cast<size_t>(j)];
+          if (!(pap > 0)) {
+            w.active[static_cast<size_t>(j)] = 0;
+            continue;
+          }
+          const T alpha = rs / pap;
+          w.x.col(j) += alpha * w.p.col(j);
+          w.r.col(j) -= alpha * w.ap.col(j);
+          const T rs_new = w.r.col(j).squaredNorm();
+          if (rs_new < T(1e-20)) {
+            w.active[static_cast<size_t>(j)] = 0;
+            continue;
+          }
+          w.p.col(j) = w.r.col(j) + (rs_new / rs) * w.p.col(j);
+          rs = rs_new;
+          any = true;
+        }
+        if (!any) break;
+      }
+      if (rotate) {
+        w.ap.noalias() = q * w.x;
+        w.x.swap(w.ap);
+      }
+      for (int64_t j = 0; j < k; ++j) VectorMap(xp + row_of(j) * f, f) = w.x.col(j);
+    });
+  }
+
+  // ---- exact per-row solve --------------------------------------------------
+  struct CholeskyWorkspace {
+    Matrix a;
+    Vector b, c;
+    std::vector<T> block;
+  };
+
+  void solve_cholesky(const AlsSide& side, const std::vector<int64_t>& order, torch::Tensor& x,
+                      const torch::Tensor& y) {
+    const CsrMatrix& m = side.m;
+    const int64_t f = y.size(1);
+    const Matrix g = gram(y).template cast<T>();
+    zero_empty_rows(m, x);
+    const int64_t* ptr = m.indptr.data_ptr<int64_t>();
+    const int32_t* idx = m.indices.data_ptr<int32_t>();
+    const float* conf = side.confidence.data_ptr<float>();
+    const T* yp = y.data_ptr<T>();
+    T* xp = x.data_ptr<T>();
+    parallel_tasks<CholeskyWorkspace>(static_cast<int64_t>(order.size()), [&](int64_t task, CholeskyWorkspace& w) {
+      const int64_t row = order[static_cast<size_t>(task)];
+      w.a = g;
+      w.b.setZero(f);
+      for (int64_t s = ptr[row]; s < ptr[row + 1]; s += kChunkRows) {
+        const int64_t len = std::min(kChunkRows, ptr[row + 1] - s);
+        w.block.resize(static_cast<size_t>(len * f));
+        for (int64_t q = 0; q < len; ++q) std::copy_n(yp + int64_t{idx[s + q]} * f, f, w.block.data() + q * f);
+        const ConstRowMatrixMap block(w.block.data(), len, f);
+        w.c = Eigen::Map<const Eigen::VectorXf>(conf + s, len).template cast<T>();
+        w.b.noalias() += block.transpose() * w.c;
+        w.c.array() -= T(1);
+        w.a.noalias() += block.transpose() * (w.c.asDiagonal() * block);
+      }
+      Eigen::LLT<Matrix> llt(w.a);
+      if (llt.info() != Eigen::Success)
+        throw Error(concat("implicit ALS: the normal equations of row ", row, " are not positive definite"));
+      VectorMap(xp + row * f, f) = llt.solve(w.b);
+    });
+  }
+
+  const AlsProblem& p_;
+  std::vector<int64_t> user_order_, item_order_;
+};
+
+} // namespace detail
+} // namespace rectrain
