@@ -72,6 +72,28 @@ inline std::vector<int64_t> nnz_balanced_ranges(const CsrMatrix& m, int64_t targ
 /// dot products less efficiently. Vectors are 64-byte GCC/Clang vector
 /// extensions: the width of the target's widest registers when it has
 /// AVX-512, split into narrower registers otherwise.
+#if defined(__GNUC__) || defined(__clang__)
+/// Sum of a 64-byte vector's lanes as a tree (halving the vector), not
+/// lane by lane: a float reduction is not reassociated by the compiler,
+/// and a 16-step serial chain would dominate each row's cost.
+template <class T>
+inline T horizontal_sum(T __attribute__((vector_size(64))) v) {
+  typedef T Half __attribute__((vector_size(32)));
+  typedef T Quarter __attribute__((vector_size(16)));
+  Half a, b;
+  __builtin_memcpy(&a, &v, sizeof(Half));
+  __builtin_memcpy(&b, reinterpret_cast<const char*>(&v) + sizeof(Half), sizeof(Half));
+  a += b;
+  Quarter c, d;
+  __builtin_memcpy(&c, &a, sizeof(Quarter));
+  __builtin_memcpy(&d, reinterpret_cast<const char*>(&a) + sizeof(Quarter), sizeof(Quarter));
+  c += d;
+  if constexpr (sizeof(T) == 4)
+    return (c[0] + c[2]) + (c[1] + c[3]);
+  else
+    return c[0] + c[1];
+}
+
 template <class T, int V>
 void fused_confidence_pass(const T* rows, int64_t len, const float* c, bool residual, const T* v, T* acc) {
   constexpr int kLanes = 64 / static_cast<int>(sizeof(T));
@@ -91,9 +113,7 @@ void fused_confidence_pass(const T* rows, int64_t len, const float* c, bool resi
     // Four partial sums: a short dependency chain before the reduction.
     Vec d[4] = {load(r) * vv[0], Vec{}, Vec{}, Vec{}};
     for (int k = 1; k < V; ++k) d[k % 4] += load(r + k * kLanes) * vv[k];
-    const Vec d0 = (d[0] + d[1]) + (d[2] + d[3]);
-    T t = 0;
-    for (int l = 0; l < kLanes; ++l) t += d0[l];
+    const T t = horizontal_sum<T>((d[0] + d[1]) + (d[2] + d[3]));
     const T cq = static_cast<T>(c[q]);
     const T sq = residual ? cq - (cq - 1) * t : (cq - 1) * t;
     for (int k = 0; k < V; ++k) aa[k] += sq * load(r + k * kLanes);
@@ -118,6 +138,15 @@ template <class T>
 FusedPass<T> fused_pass_for(int64_t f) {
   return pick_fused_pass<T>(f, std::make_integer_sequence<int, 16>{});
 }
+#else
+// Other compilers: the Eigen GEMV path only.
+template <class T>
+using FusedPass = void (*)(const T*, int64_t, const float*, bool, const T*, T*);
+template <class T>
+FusedPass<T> fused_pass_for(int64_t) {
+  return nullptr;
+}
+#endif
 
 template <class T>
 class CpuAlsSolver {
@@ -134,8 +163,8 @@ class CpuAlsSolver {
 
   /// x_u for every user given item factors y ([items, f]); x ([users, f])
   /// is read as the CG starting point and overwritten.
-  void solve_users(torch::Tensor& x, const torch::Tensor& y) { solve(p_.users, user_order_, x, y); }
-  void solve_items(torch::Tensor& y, const torch::Tensor& x) { solve(p_.items, item_order_, y, x); }
+  void solve_users(torch::Tensor& x, const torch::Tensor& y) { solve(p_.users, user_order_, x, y, user_scratch_); }
+  void solve_items(torch::Tensor& y, const torch::Tensor& x) { solve(p_.items, item_order_, y, x, item_scratch_); }
 
   /// Σ_all cells c (p − xᵀy)² + λ(‖X‖² + ‖Y‖²), computed as
   /// tr(XᵀX YᵀY) + Σ_nonzeros [c (1 − s)² − s²] + λ(…), s = x_uᵀy_i.
@@ -181,19 +210,28 @@ class CpuAlsSolver {
   struct CgWorkspace {
     Matrix x, r, p, ap;
     Vector t;
-    std::vector<T> block;
+    std::vector<T, Eigen::aligned_allocator<T>> block;  // rows start aligned when f * sizeof(T) % 64 == 0
     std::vector<int64_t> offset;
     std::vector<T> rs;
     std::vector<char> active;
   };
 
-  void solve(const AlsSide& side, const std::vector<int64_t>& order, torch::Tensor& x, const torch::Tensor& y) {
+  void solve(const AlsSide& side, const std::vector<int64_t>& order, torch::Tensor& x, const torch::Tensor& y,
+             torch::Tensor& scratch) {
     if (p_.binary)
-      solve_shared(side, x, y);
+      solve_shared(side, x, y, scratch);
     else if (p_.solver == AlsSolver::Cholesky)
       solve_cholesky(side, order, x, y);
     else
-      solve_cg(side, order, x, y);
+      solve_cg(side, order, x, y, scratch);
+  }
+
+  /// A [rows, f] buffer kept across iterations: fresh pages of this size
+  /// every half-step would cost their zeroing each time.
+  static torch::Tensor& scratch_like(torch::Tensor& scratch, const torch::Tensor& like) {
+    if (!scratch.defined() || scratch.sizes() != like.sizes() || scratch.scalar_type() != like.scalar_type())
+      scratch = empty_huge_pages(like.sizes(), like.options());
+    return scratch;
   }
 
   /// YᵀY + λI as an Eigen matrix (GEMM through LibTorch's BLAS),
@@ -216,10 +254,10 @@ class CpuAlsSolver {
   }
 
   // ---- every confidence 1: X = (P Y) (YᵀY + λI)⁻¹ -------------------------
-  void solve_shared(const AlsSide& side, torch::Tensor& x, const torch::Tensor& y) {
+  void solve_shared(const AlsSide& side, torch::Tensor& x, const torch::Tensor& y, torch::Tensor& scratch) {
     const CsrMatrix& m = side.m;
     const int64_t f = y.size(1);
-    auto b = empty_huge_pages(x.sizes(), x.options());
+    auto& b = scratch_like(scratch, x);
     const int64_t* ptr = m.indptr.data_ptr<int64_t>();
     const int32_t* idx = m.indices.data_ptr<int32_t>();
     const T* yp = y.data_ptr<T>();
@@ -280,13 +318,19 @@ class CpuAlsSolver {
     for (int64_t q = 0; q < len; ++q) {
       if (idx + q + kAhead < idx_end) {
         const char* ahead = reinterpret_cast<const char*>(y + int64_t{idx[q + kAhead]} * f);
+#if defined(__GNUC__) || defined(__clang__)
         for (int64_t b = 0; b < bytes; b += 64) __builtin_prefetch(ahead + b);
+#else
+        (void)ahead;
+        (void)bytes;
+#endif
       }
       VectorMap(dst + q * f, f) = ConstVectorMap(y + int64_t{idx[q]} * f, f);
     }
   }
 
-  void solve_cg(const AlsSide& side, const std::vector<int64_t>& order, torch::Tensor& x, const torch::Tensor& y) {
+  void solve_cg(const AlsSide& side, const std::vector<int64_t>& order, torch::Tensor& x, const torch::Tensor& y,
+                torch::Tensor& scratch) {
     const CsrMatrix& m = side.m;
     const int64_t f = y.size(1);
     const int64_t steps = p_.cg_steps;
@@ -310,7 +354,7 @@ class CpuAlsSolver {
       q = Eigen::Map<const Eigen::Matrix<double, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>>(
               vectors.data_ptr<double>(), f, f)
               .template cast<T>();
-      source = empty_huge_pages(y.sizes(), y.options());
+      source = scratch_like(scratch, y);
       torch::mm_out(source, y, vectors.to(y.scalar_type()));  // rows y_iᵀQ = (Qᵀy_i)ᵀ
     } else {
       g = g64.template cast<T>();
@@ -458,6 +502,7 @@ class CpuAlsSolver {
 
   const AlsProblem& p_;
   std::vector<int64_t> user_order_, item_order_;
+  torch::Tensor user_scratch_, item_scratch_;
 };
 
 } // namespace detail

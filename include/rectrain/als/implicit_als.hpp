@@ -123,7 +123,7 @@ inline AlsProblem make_als_problem(const CsrMatrix& m, const ImplicitAlsOptions&
   p.users.m = m;
   torch::Tensor confidence;
   if (o.alpha() != 0) {
-    confidence = (m.values.to(torch::kFloat64) * o.alpha() + 1.0).to(torch::kFloat32);
+    confidence = m.values * static_cast<float>(o.alpha()) + 1.0f;  // float: no nnz-long double temporaries
     const auto bad = ~torch::isfinite(confidence) | (confidence <= 0);
     if (bad.any().item<bool>()) {
       const int64_t k = bad.nonzero()[0][0].item<int64_t>();
