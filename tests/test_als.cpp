@@ -323,3 +323,17 @@ TEST_CASE("ALS factors become embedding tables", "[als][embedding]") {
   CHECK_THROWS_WITH(embedding_table({item_part, source_part.slice(0, 0, 2)}), Catch::Contains("part 1"));
   CHECK_THROWS_WITH(embedding_table(torch::tensor({{NAN, 1.0f}})), Catch::Contains("NaN"));
 }
+
+TEST_CASE("CSR transpose in parallel chunks equals a sort by column", "[als][sparse]") {
+  // Enough nonzeros for several chunks (one per 2^20 nonzeros and thread).
+  const int64_t rows = 3000, cols = 2000;
+  const CsrMatrix m = random_matrix(rows, cols, 0.6, 9);
+  REQUIRE(m.nnz() > (int64_t{2} << 20));
+  const CsrMatrix t = m.transpose();
+  const auto row_of = torch::repeat_interleave(torch::arange(rows), m.indptr.diff());
+  const auto order = torch::argsort(m.indices.to(torch::kInt64) * rows + row_of);
+  CHECK(t.indices.equal(row_of.index_select(0, order).to(torch::kInt32)));
+  CHECK(t.values.equal(m.values.index_select(0, order)));
+  const auto counts = torch::bincount(m.indices.to(torch::kInt64), {}, cols);
+  CHECK(t.indptr.equal(torch::cat({torch::zeros({1}, torch::kInt64), counts.cumsum(0)})));
+}

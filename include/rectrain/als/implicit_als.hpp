@@ -26,6 +26,7 @@
 
 #include <torch/torch.h>
 
+#include <atomic>
 #include <chrono>
 #include <cmath>
 #include <cstdint>
@@ -109,8 +110,25 @@ inline AlsProblem make_als_problem(const CsrMatrix& m, const ImplicitAlsOptions&
   const int64_t* ptr = m.indptr.data_ptr<int64_t>();
   if (ptr[0] != 0 || ptr[m.rows] != nnz) fail(concat("indptr must run from 0 to nnz = ", nnz));
   const int32_t* idx = m.indices.data_ptr<int32_t>();
-  for (int64_t r = 0; r < m.rows; ++r) {
-    if (ptr[r + 1] < ptr[r]) fail(concat("indptr decreases at row ", r));
+  // In parallel, then the first bad row (the same report for any thread count).
+  std::atomic<int64_t> first_bad{m.rows};
+  const auto row_ok = [&](int64_t r) {
+    if (ptr[r + 1] < ptr[r] || ptr[r] < 0 || ptr[r + 1] > nnz) return false;
+    for (int64_t k = ptr[r]; k < ptr[r + 1]; ++k)
+      if (idx[k] < 0 || idx[k] >= m.cols || (k > ptr[r] && idx[k] <= idx[k - 1])) return false;
+    return true;
+  };
+  at::parallel_for(0, m.rows, 4096, [&](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end && r < first_bad.load(std::memory_order_relaxed); ++r)
+      if (!row_ok(r)) {
+        int64_t seen = first_bad.load();
+        while (r < seen && !first_bad.compare_exchange_weak(seen, r)) {
+        }
+        return;
+      }
+  });
+  if (const int64_t r = first_bad.load(); r < m.rows) {
+    if (ptr[r + 1] < ptr[r] || ptr[r] < 0 || ptr[r + 1] > nnz) fail(concat("indptr decreases or leaves [0, nnz] at row ", r));
     for (int64_t k = ptr[r]; k < ptr[r + 1]; ++k)
       if (idx[k] < 0 || idx[k] >= m.cols || (k > ptr[r] && idx[k] <= idx[k - 1]))
         fail(concat("row ", r, ": column ", idx[k], " out of [0, ", m.cols, ") or not ascending"));

@@ -34,27 +34,58 @@ struct CsrMatrix {
 
   /// The transpose, in the same format (rows of the result are our
   /// columns). O(nnz + rows + cols); rows of the result come out sorted.
+  /// Chunks of rows are counted and scattered in parallel, each after the
+  /// chunks before it, so the result is the serial one.
   CsrMatrix transpose() const {
     CsrMatrix t;
     t.rows = cols;
     t.cols = rows;
+    const int64_t n = nnz();
     const int64_t* ptr = indptr.data_ptr<int64_t>();
     const int32_t* idx = indices.data_ptr<int32_t>();
     const float* val = values.data_ptr<float>();
-    std::vector<int64_t> offset(static_cast<size_t>(cols + 1), 0);
-    for (int64_t k = 0; k < nnz(); ++k) ++offset[static_cast<size_t>(idx[k]) + 1];
-    for (int64_t c = 0; c < cols; ++c) offset[static_cast<size_t>(c + 1)] += offset[static_cast<size_t>(c)];
-    t.indptr = torch::from_blob(offset.data(), {cols + 1}, torch::kInt64).clone();
-    t.indices = torch::empty({nnz()}, torch::kInt32);
-    t.values = torch::empty({nnz()}, torch::kFloat32);
+    const int64_t chunks = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), n / (int64_t{1} << 20)));
+    std::vector<int64_t> bounds(static_cast<size_t>(chunks + 1), rows);
+    for (int64_t c = 0; c < chunks; ++c)
+      bounds[static_cast<size_t>(c)] = std::lower_bound(ptr, ptr + rows, c * n / chunks) - ptr;
+    bounds[0] = 0;
+    // next[c][j]: where chunk c writes its next entry of column j.
+    std::vector<std::vector<int64_t>> next(static_cast<size_t>(chunks));
+    at::parallel_for(0, chunks, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t c = begin; c < end; ++c) {
+        auto& count = next[static_cast<size_t>(c)];
+        count.assign(static_cast<size_t>(cols), 0);
+        for (int64_t k = ptr[bounds[static_cast<size_t>(c)]]; k < ptr[bounds[static_cast<size_t>(c) + 1]]; ++k)
+          ++count[static_cast<size_t>(idx[k])];
+      }
+    });
+    t.indptr = torch::empty({cols + 1}, torch::kInt64);
+    int64_t* t_ptr = t.indptr.data_ptr<int64_t>();
+    int64_t running = 0;
+    for (int64_t j = 0; j < cols; ++j) {
+      t_ptr[j] = running;
+      for (auto& count : next) {
+        const int64_t here = count[static_cast<size_t>(j)];
+        count[static_cast<size_t>(j)] = running;
+        running += here;
+      }
+    }
+    t_ptr[cols] = running;
+    t.indices = torch::empty({n}, torch::kInt32);
+    t.values = torch::empty({n}, torch::kFloat32);
     int32_t* t_idx = t.indices.data_ptr<int32_t>();
     float* t_val = t.values.data_ptr<float>();
-    for (int64_t r = 0; r < rows; ++r)
-      for (int64_t k = ptr[r]; k < ptr[r + 1]; ++k) {
-        const int64_t slot = offset[static_cast<size_t>(idx[k])]++;
-        t_idx[slot] = static_cast<int32_t>(r);
-        t_val[slot] = val[k];
+    at::parallel_for(0, chunks, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t c = begin; c < end; ++c) {
+        auto& slot = next[static_cast<size_t>(c)];
+        for (int64_t r = bounds[static_cast<size_t>(c)]; r < bounds[static_cast<size_t>(c) + 1]; ++r)
+          for (int64_t k = ptr[r]; k < ptr[r + 1]; ++k) {
+            const int64_t at = slot[static_cast<size_t>(idx[k])]++;
+            t_idx[at] = static_cast<int32_t>(r);
+            t_val[at] = val[k];
+          }
       }
+    });
     return t;
   }
 
