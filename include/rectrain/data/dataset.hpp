@@ -380,7 +380,7 @@ inline torch::Tensor cache_tensor(const c10::impl::GenericDict& dict, const std:
 }
 
 inline Table take_table(const c10::impl::GenericDict& dict, const std::string& prefix, const std::string& path) {
-  const auto& names_value = cache_entry(dict, prefix + "#columns", path);
+  const c10::IValue names_value = cache_entry(dict, prefix + "#columns", path);  // a copy: GCC 14 warns on a reference
   if (!names_value.isString()) throw InputError(path, 0, 0, "", "dataset cache: bad column list");
   const std::string names = names_value.toStringRef();
   Table table;
