@@ -22,5 +22,6 @@
 #include <rectrain/data/synthetic.hpp>
 #include <rectrain/data/table.hpp>
 #include <rectrain/data/tensor_file.hpp>
+#include <rectrain/loss/ranking.hpp>
 #include <rectrain/metrics/baselines.hpp>
 #include <rectrain/metrics/ranking.hpp>
