@@ -121,8 +121,6 @@ double dense_objective(const torch::Tensor& c, const torch::Tensor& p, const tor
       .item<double>();
 }
 
-CsrMatrix transpose_of(const CsrMatrix& m) { return m.transpose(); }
-
 } // namespace
 
 TEST_CASE("ALS half-steps are exact solves of the normal equations", "[als]") {
@@ -142,7 +140,7 @@ TEST_CASE("ALS half-steps are exact solves of the normal equations", "[als]") {
       const AlsFactors fit = fit_implicit_als(m, options);
       CHECK(torch::allclose(fit.item, dense_solve_columns(c, p, fit.user, 0.1), 1e-9, 1e-10));
       // ... and, on the transposed problem, the users' factors are.
-      const AlsFactors fit_t = fit_implicit_als(transpose_of(m), options);
+      const AlsFactors fit_t = fit_implicit_als(m.transpose(), options);
       CHECK(torch::allclose(fit_t.item, dense_solve_columns(c.t(), p.t(), fit_t.user, 0.1), 1e-9, 1e-10));
     }
   }

@@ -12,9 +12,10 @@
 //   applying the matrix as YᵀY p + Σ (c − 1)(y_iᵀp) y_i (the YᵀY trick of
 //   Takács et al.: no per-user f×f matrix). Users are solved in batches of
 //   similar degree so that YᵀY is applied to a whole batch's vectors with
-//   one GEMM, each user's rows of Y are copied once into a contiguous block
-//   that the CG steps then read as GEMVs, and rows too long for the cache
-//   are streamed through a small buffer instead.
+//   one GEMM (or, when the fixed side is small, in the eigenbasis of YᵀY +
+//   λI, where that product is diagonal), and each user's rows of Y are
+//   copied once into a contiguous block that every CG pass then reads with
+//   one fused loop.
 // - Or, on request, an exact per-row Cholesky solve.
 
 #include <rectrain/als/als_problem.hpp>
@@ -27,8 +28,6 @@
 
 #include <algorithm>
 #include <cstdint>
-#include <numeric>
-#include <type_traits>
 #include <utility>
 #include <vector>
 
@@ -65,13 +64,11 @@ inline std::vector<int64_t> nnz_balanced_ranges(const CsrMatrix& m, int64_t targ
   return bounds;
 }
 
-/// acc += Σ_q s_q y_q over `len` contiguous rows y_q of V vectors each,
-/// with s_q = c_q − (c_q − 1) y_qᵀv (residual) or (c_q − 1) y_qᵀv: one pass
-/// that takes each row once into registers for its dot product and its
-/// update, where a pair of GEMVs would read the rows twice and reduce the
-/// dot products less efficiently. Vectors are 64-byte GCC/Clang vector
-/// extensions: the width of the target's widest registers when it has
-/// AVX-512, split into narrower registers otherwise.
+/// One CG pass over a chunk of contiguous rows (see fused_confidence_pass);
+/// nullptr where only the Eigen GEMV path exists.
+template <class T>
+using FusedPass = void (*)(const T*, int64_t, const float*, bool, const T*, T*);
+
 #if defined(__GNUC__) || defined(__clang__)
 /// Sum of a 64-byte vector's lanes as a tree (halving the vector), not
 /// lane by lane: a float reduction is not reassociated by the compiler,
@@ -94,6 +91,13 @@ inline T horizontal_sum(T __attribute__((vector_size(64))) v) {
     return c[0] + c[1];
 }
 
+/// acc += Σ_q s_q y_q over `len` contiguous rows y_q of V vectors each,
+/// with s_q = c_q − (c_q − 1) y_qᵀv (residual) or (c_q − 1) y_qᵀv: one pass
+/// that takes each row once into registers for its dot product and its
+/// update, where a pair of GEMVs would read the rows twice and reduce the
+/// dot products less efficiently. Vectors are 64-byte GCC/Clang vector
+/// extensions: the width of the target's widest registers when it has
+/// AVX-512, split into narrower registers otherwise.
 template <class T, int V>
 void fused_confidence_pass(const T* rows, int64_t len, const float* c, bool residual, const T* v, T* acc) {
   constexpr int kLanes = 64 / static_cast<int>(sizeof(T));
@@ -125,8 +129,6 @@ void fused_confidence_pass(const T* rows, int64_t len, const float* c, bool resi
 }
 
 /// The fused pass for f = V * lanes, V in [1, 16]; nullptr for other f.
-template <class T>
-using FusedPass = void (*)(const T*, int64_t, const float*, bool, const T*, T*);
 template <class T, int... V>
 FusedPass<T> pick_fused_pass(int64_t f, std::integer_sequence<int, V...>) {
   constexpr int64_t kLanes = 64 / static_cast<int64_t>(sizeof(T));
@@ -141,12 +143,47 @@ FusedPass<T> fused_pass_for(int64_t f) {
 #else
 // Other compilers: the Eigen GEMV path only.
 template <class T>
-using FusedPass = void (*)(const T*, int64_t, const float*, bool, const T*, T*);
-template <class T>
 FusedPass<T> fused_pass_for(int64_t) {
   return nullptr;
 }
 #endif
+
+/// Σ_all cells c (p − xᵀy)² + λ(‖X‖² + ‖Y‖²), computed as
+/// tr(XᵀX YᵀY) + Σ_nonzeros [c (1 − s)² − s²] + λ(…), s = x_uᵀy_i. Reads
+/// only the users' side of the problem.
+template <class T>
+double als_objective(const AlsProblem& p, const torch::Tensor& x, const torch::Tensor& y) {
+  using ConstVectorMap = Eigen::Map<const Eigen::Matrix<T, Eigen::Dynamic, 1>>;
+  const auto xtx = torch::mm(x.t(), x), yty = torch::mm(y.t(), y);
+  double total = (xtx.to(torch::kFloat64) * yty.to(torch::kFloat64)).sum().item<double>();
+  total += p.regularization * (x.pow(2).sum(torch::kFloat64).item<double>() +
+                               y.pow(2).sum(torch::kFloat64).item<double>());
+  const CsrMatrix& m = p.users.m;
+  const int64_t f = x.size(1);
+  const int64_t* ptr = m.indptr.data_ptr<int64_t>();
+  const int32_t* idx = m.indices.data_ptr<int32_t>();
+  const float* conf = p.users.confidence.defined() ? p.users.confidence.data_ptr<float>() : nullptr;
+  const T* xp = x.data_ptr<T>();
+  const T* yp = y.data_ptr<T>();
+  // Fixed ranges and an in-order sum of their partials: the same result
+  // for any thread count.
+  const auto bounds = nnz_balanced_ranges(m, 1 << 16);
+  std::vector<double> partial(bounds.size() - 1, 0.0);
+  parallel_tasks<int>(static_cast<int64_t>(partial.size()), [&](int64_t task, int&) {
+    double sum = 0;
+    for (int64_t u = bounds[static_cast<size_t>(task)]; u < bounds[static_cast<size_t>(task) + 1]; ++u) {
+      const ConstVectorMap xu(xp + u * f, f);
+      for (int64_t k = ptr[u]; k < ptr[u + 1]; ++k) {
+        const double s = static_cast<double>(xu.dot(ConstVectorMap(yp + int64_t{idx[k]} * f, f)));
+        const double c = conf ? conf[k] : 1.0;
+        sum += c * (1 - s) * (1 - s) - s * s;
+      }
+    }
+    partial[static_cast<size_t>(task)] = sum;
+  });
+  for (double v : partial) total += v;
+  return total;
+}
 
 template <class T>
 class CpuAlsSolver {
@@ -158,47 +195,21 @@ class CpuAlsSolver {
   using ConstVectorMap = Eigen::Map<const Vector>;
   using ConstRowMatrixMap = Eigen::Map<const RowMatrix>;
 
-  explicit CpuAlsSolver(const AlsProblem& problem)
-      : p_(problem), user_order_(rows_by_degree(problem.users.m)), item_order_(rows_by_degree(problem.items.m)) {}
+  /// The degree orders serve the per-row solvers only: the shared solve of
+  /// the binary case does not need them.
+  explicit CpuAlsSolver(const AlsProblem& problem) : p_(problem) {
+    if (!problem.binary) {
+      user_order_ = rows_by_degree(problem.users.m);
+      item_order_ = rows_by_degree(problem.items.m);
+    }
+  }
 
   /// x_u for every user given item factors y ([items, f]); x ([users, f])
   /// is read as the CG starting point and overwritten.
   void solve_users(torch::Tensor& x, const torch::Tensor& y) { solve(p_.users, user_order_, x, y, user_scratch_); }
   void solve_items(torch::Tensor& y, const torch::Tensor& x) { solve(p_.items, item_order_, y, x, item_scratch_); }
 
-  /// Σ_all cells c (p − xᵀy)² + λ(‖X‖² + ‖Y‖²), computed as
-  /// tr(XᵀX YᵀY) + Σ_nonzeros [c (1 − s)² − s²] + λ(…), s = x_uᵀy_i.
-  double objective(const torch::Tensor& x, const torch::Tensor& y) const {
-    const auto xtx = torch::mm(x.t(), x), yty = torch::mm(y.t(), y);
-    double total = (xtx.to(torch::kFloat64) * yty.to(torch::kFloat64)).sum().item<double>();
-    total += p_.regularization * (x.pow(2).sum(torch::kFloat64).item<double>() +
-                                  y.pow(2).sum(torch::kFloat64).item<double>());
-    const CsrMatrix& m = p_.users.m;
-    const int64_t f = x.size(1);
-    const int64_t* ptr = m.indptr.data_ptr<int64_t>();
-    const int32_t* idx = m.indices.data_ptr<int32_t>();
-    const float* conf = p_.users.confidence.defined() ? p_.users.confidence.data_ptr<float>() : nullptr;
-    const T* xp = x.data_ptr<T>();
-    const T* yp = y.data_ptr<T>();
-    // Fixed ranges and an in-order sum of their partials: the same result
-    // for any thread count.
-    const auto bounds = nnz_balanced_ranges(m, 1 << 16);
-    std::vector<double> partial(bounds.size() - 1, 0.0);
-    parallel_tasks<int>(static_cast<int64_t>(partial.size()), [&](int64_t task, int&) {
-      double sum = 0;
-      for (int64_t u = bounds[static_cast<size_t>(task)]; u < bounds[static_cast<size_t>(task) + 1]; ++u) {
-        const ConstVectorMap xu(xp + u * f, f);
-        for (int64_t k = ptr[u]; k < ptr[u + 1]; ++k) {
-          const double s = static_cast<double>(xu.dot(ConstVectorMap(yp + int64_t{idx[k]} * f, f)));
-          const double c = conf ? conf[k] : 1.0;
-          sum += c * (1 - s) * (1 - s) - s * s;
-        }
-      }
-      partial[static_cast<size_t>(task)] = sum;
-    });
-    for (double v : partial) total += v;
-    return total;
-  }
+  double objective(const torch::Tensor& x, const torch::Tensor& y) const { return als_objective<T>(p_, x, y); }
 
  private:
   // Short rows are grouped until their copied rows reach this size (they

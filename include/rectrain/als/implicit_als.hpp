@@ -92,8 +92,9 @@ struct AlsFactors {
 namespace detail {
 
 /// Checks that m is a well-formed CSR matrix (any violation names the
-/// field), then builds both orientations with their confidences.
-inline AlsProblem make_als_problem(const CsrMatrix& m, const ImplicitAlsOptions& o) {
+/// field or the first bad row) and computes its confidences: the users'
+/// side of the problem, without the transpose (all an objective needs).
+inline AlsProblem make_user_side(const CsrMatrix& m, const ImplicitAlsOptions& o) {
   const auto fail = [](const std::string& what) { throw TensorError("implicit ALS matrix: " + what); };
   if (m.rows <= 0 || m.cols <= 0) fail(concat("empty matrix [", m.rows, ", ", m.cols, "]"));
   if (!m.indptr.defined() || m.indptr.dim() != 1 || m.indptr.scalar_type() != torch::kInt64 ||
@@ -110,28 +111,28 @@ inline AlsProblem make_als_problem(const CsrMatrix& m, const ImplicitAlsOptions&
   const int64_t* ptr = m.indptr.data_ptr<int64_t>();
   if (ptr[0] != 0 || ptr[m.rows] != nnz) fail(concat("indptr must run from 0 to nnz = ", nnz));
   const int32_t* idx = m.indices.data_ptr<int32_t>();
+  const auto bad_range = [&](int64_t r) { return ptr[r + 1] < ptr[r] || ptr[r] < 0 || ptr[r + 1] > nnz; };
+  const auto bad_column = [&](int64_t r, int64_t k) {
+    return idx[k] < 0 || idx[k] >= m.cols || (k > ptr[r] && idx[k] <= idx[k - 1]);
+  };
   // In parallel, then the first bad row (the same report for any thread count).
   std::atomic<int64_t> first_bad{m.rows};
-  const auto row_ok = [&](int64_t r) {
-    if (ptr[r + 1] < ptr[r] || ptr[r] < 0 || ptr[r + 1] > nnz) return false;
-    for (int64_t k = ptr[r]; k < ptr[r + 1]; ++k)
-      if (idx[k] < 0 || idx[k] >= m.cols || (k > ptr[r] && idx[k] <= idx[k - 1])) return false;
-    return true;
-  };
   at::parallel_for(0, m.rows, 4096, [&](int64_t begin, int64_t end) {
-    for (int64_t r = begin; r < end && r < first_bad.load(std::memory_order_relaxed); ++r)
-      if (!row_ok(r)) {
+    for (int64_t r = begin; r < end && r < first_bad.load(std::memory_order_relaxed); ++r) {
+      bool bad = bad_range(r);
+      for (int64_t k = ptr[r]; !bad && k < ptr[r + 1]; ++k) bad = bad_column(r, k);
+      if (bad) {
         int64_t seen = first_bad.load();
         while (r < seen && !first_bad.compare_exchange_weak(seen, r)) {
         }
         return;
       }
+    }
   });
   if (const int64_t r = first_bad.load(); r < m.rows) {
-    if (ptr[r + 1] < ptr[r] || ptr[r] < 0 || ptr[r + 1] > nnz) fail(concat("indptr decreases or leaves [0, nnz] at row ", r));
+    if (bad_range(r)) fail(concat("indptr decreases or leaves [0, nnz] at row ", r));
     for (int64_t k = ptr[r]; k < ptr[r + 1]; ++k)
-      if (idx[k] < 0 || idx[k] >= m.cols || (k > ptr[r] && idx[k] <= idx[k - 1]))
-        fail(concat("row ", r, ": column ", idx[k], " out of [0, ", m.cols, ") or not ascending"));
+      if (bad_column(r, k)) fail(concat("row ", r, ": column ", idx[k], " out of [0, ", m.cols, ") or not ascending"));
   }
 
   AlsProblem p;
@@ -139,9 +140,8 @@ inline AlsProblem make_als_problem(const CsrMatrix& m, const ImplicitAlsOptions&
   p.solver = o.solver();
   p.cg_steps = o.cg_steps();
   p.users.m = m;
-  torch::Tensor confidence;
   if (o.alpha() != 0) {
-    confidence = m.values * static_cast<float>(o.alpha()) + 1.0f;  // float: no nnz-long double temporaries
+    auto confidence = m.values * static_cast<float>(o.alpha()) + 1.0f;  // float: no nnz-long double temporaries
     const auto bad = ~torch::isfinite(confidence) | (confidence <= 0);
     if (bad.any().item<bool>()) {
       const int64_t k = bad.nonzero()[0][0].item<int64_t>();
@@ -150,30 +150,32 @@ inline AlsProblem make_als_problem(const CsrMatrix& m, const ImplicitAlsOptions&
                   " at row ", row, ", column ", idx[k], " is not a finite positive number"));
     }
     p.binary = (confidence == 1).all().item<bool>();
+    if (!p.binary) p.users.confidence = confidence;
   } else if (!torch::isfinite(m.values).all().item<bool>()) {
     fail("values contain NaN or infinity");
   }
-  if (!p.binary) {
-    p.users.confidence = confidence;
-    // The transpose carries values; transpose confidences alongside by
-    // transposing a matrix whose values are the confidences.
-    CsrMatrix weighted = m;
-    weighted.values = confidence;
-    p.items.m = weighted.transpose();
-    p.items.confidence = p.items.m.values;
-  } else {
-    p.items.m = m.transpose();
-  }
   const double cells = static_cast<double>(m.rows) * static_cast<double>(m.cols);
   p.total_confidence = cells - static_cast<double>(nnz) +
-                       (p.binary ? static_cast<double>(nnz) : confidence.sum(torch::kFloat64).item<double>());
+                       (p.binary ? static_cast<double>(nnz) : p.users.confidence.sum(torch::kFloat64).item<double>());
+  return p;
+}
+
+/// The whole problem: the users' side and its transpose.
+inline AlsProblem make_als_problem(const CsrMatrix& m, const ImplicitAlsOptions& o) {
+  AlsProblem p = make_user_side(m, o);
+  // Transposing a matrix whose values are the confidences carries them
+  // along to the items' side.
+  CsrMatrix weighted = m;
+  if (!p.binary) weighted.values = p.users.confidence;
+  p.items.m = weighted.transpose();
+  if (!p.binary) p.items.confidence = p.items.m.values;
   return p;
 }
 
 /// Uniform [0, scale) factors, one random stream per (side, row): the same
 /// for any thread count.
 inline torch::Tensor initial_factors(int64_t rows, int64_t f, uint64_t seed, uint64_t side, double scale) {
-  auto out = empty_huge_pages({rows, f}, torch::kFloat64);
+  auto out = torch::empty({rows, f}, torch::kFloat64);
   double* p = out.data_ptr<double>();
   at::parallel_for(0, rows, 4096, [&](int64_t begin, int64_t end) {
     for (int64_t r = begin; r < end; ++r) {
@@ -262,14 +264,14 @@ inline AlsFactors fit_implicit_als(const CsrMatrix& matrix, const ImplicitAlsOpt
 /// of this header), e.g. to compare runs. Factors on CPU or `device`.
 inline double implicit_als_objective(const CsrMatrix& matrix, const torch::Tensor& user, const torch::Tensor& item,
                                      const ImplicitAlsOptions& options = {}) {
-  const detail::AlsProblem problem = detail::make_als_problem(matrix, options);
+  const detail::AlsProblem problem = detail::make_user_side(matrix, options);
   if (user.dim() != 2 || item.dim() != 2 || user.size(0) != matrix.rows || item.size(0) != matrix.cols ||
       user.size(1) != item.size(1))
     throw TensorError(detail::concat("implicit_als_objective: factors ", user.sizes(), " and ", item.sizes(),
                                      " do not fit a ", matrix.rows, " x ", matrix.cols, " matrix"));
   const auto x = user.to(torch::kCPU, torch::kFloat64).contiguous();
   const auto y = item.to(torch::kCPU, torch::kFloat64).contiguous();
-  return detail::CpuAlsSolver<double>(problem).objective(x, y);
+  return detail::als_objective<double>(problem, x, y);
 }
 
 } // namespace rectrain
