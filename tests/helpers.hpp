@@ -10,6 +10,7 @@
 #include <vector>
 
 #include <cstdlib>
+#include <functional>
 #include <filesystem>
 #include <fstream>
 #include <string>
@@ -77,5 +78,24 @@ rectrain::InputError input_error(F&& f) {
   }
   FAIL("no InputError thrown");
   throw std::logic_error("unreachable");
+}
+} // namespace rectrain_test
+
+namespace rectrain_test {
+/// Central finite differences of f at x against autograd, double precision.
+inline void check_gradient(const std::function<torch::Tensor(const torch::Tensor&)>& f, const torch::Tensor& x0) {
+  auto x = x0.clone().requires_grad_(true);
+  f(x).backward();
+  const auto grad = x.grad();
+  REQUIRE(torch::isfinite(grad).all().item<bool>());
+  auto numeric = torch::zeros_like(x0);
+  const double eps = 1e-6;
+  for (int64_t k = 0; k < x0.numel(); ++k) {
+    auto plus = x0.clone(), minus = x0.clone();
+    plus.view(-1)[k] += eps;
+    minus.view(-1)[k] -= eps;
+    numeric.view(-1)[k] = (f(plus).item<double>() - f(minus).item<double>()) / (2 * eps);
+  }
+  CHECK(torch::allclose(grad, numeric, 1e-5, 1e-7));
 }
 } // namespace rectrain_test

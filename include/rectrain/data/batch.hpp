@@ -76,19 +76,21 @@ class BatchSpec {
   /// and every signal (timespent, like, dislike, share, bookmarks, extras)
   /// as float32.
   static BatchSpec standard(const Dataset& ds) {
-    BatchSpec spec;
-    const auto& user = ds.interactions["user"];
-    const auto& item = ds.interactions["item"];
-    spec.feature("user", user)
-        .feature("item", item)
-        .feature("source", ds.items["source"], item)
-        .feature("duration", ds.items["duration"], item)
-        .feature("item_embedding", ds.items["embedding"], item)
-        .feature("gender", ds.users["gender"], user)
-        .feature("age", ds.users["age"], user)
-        .label("target", ds.interaction_targets(), {}, torch::kFloat32);
+    auto spec = standard_features(ds, ds.interactions["user"], ds.interactions["item"]);
+    spec.label("target", ds.interaction_targets(), {}, torch::kFloat32);
     for (const auto& name : ds.signal_names())
       spec.label(name, ds.interactions[name], {}, torch::kFloat32);
+    return spec;
+  }
+
+  /// The same features for the rows of ds.candidates (unknown users or
+  /// items, -1, reach models as out-of-vocabulary ids), with the label
+  /// target when candidates.csv has one.
+  static BatchSpec candidates(const Dataset& ds) {
+    if (!ds.candidates.contains("user"))
+      throw Error("BatchSpec::candidates: the dataset has no candidates (load it with load_candidates)");
+    auto spec = standard_features(ds, ds.candidates["user"], ds.candidates["item"]);
+    if (ds.candidates.contains("target")) spec.label("target", ds.candidates["target"], {}, torch::kFloat32);
     return spec;
   }
 
@@ -149,6 +151,18 @@ class BatchSpec {
   }
 
  private:
+  static BatchSpec standard_features(const Dataset& ds, const torch::Tensor& user, const torch::Tensor& item) {
+    BatchSpec spec;
+    spec.feature("user", user)
+        .feature("item", item)
+        .feature("source", ds.items["source"], item)
+        .feature("duration", ds.items["duration"], item)
+        .feature("item_embedding", ds.items["embedding"], item)
+        .feature("gender", ds.users["gender"], user)
+        .feature("age", ds.users["age"], user);
+    return spec;
+  }
+
   BatchSpec& add(BatchColumn column) {
     const auto& per_row = column.key.defined() ? column.key : column.values;
     if (!column.values.defined() || column.values.dim() < 1)

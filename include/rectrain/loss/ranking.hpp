@@ -182,4 +182,25 @@ inline torch::Tensor listwise_softmax_loss(const torch::Tensor& scores, const to
   return kept.sum() / has.sum().clamp_min(1).to(kept.scalar_type());
 }
 
+/// Which ranking loss a RankingHead (or ranking_loss()) applies.
+enum class RankingLossKind : uint8_t { PairwiseMargin, RankNet, ListwiseSoftmax };
+
+struct RankingLossOptions {
+  /* implicit */ RankingLossOptions(RankingLossKind kind = RankingLossKind::PairwiseMargin) : kind_(kind) {}
+  TORCH_ARG(RankingLossKind, kind);
+  TORCH_ARG(PairwiseLossOptions, pairwise) = {};
+  TORCH_ARG(ListwiseLossOptions, listwise) = {};
+};
+
+/// The loss `options.kind()` names, with its options.
+inline torch::Tensor ranking_loss(const torch::Tensor& scores, const torch::Tensor& targets,
+                                  const torch::Tensor& mask = {}, const RankingLossOptions& options = {}) {
+  switch (options.kind()) {
+    case RankingLossKind::PairwiseMargin: return pairwise_margin_loss(scores, targets, mask, options.pairwise());
+    case RankingLossKind::RankNet: return ranknet_loss(scores, targets, mask, options.pairwise());
+    case RankingLossKind::ListwiseSoftmax: return listwise_softmax_loss(scores, targets, mask, options.listwise());
+  }
+  throw Error("ranking_loss: unknown RankingLossKind");
+}
+
 } // namespace rectrain

@@ -1,0 +1,64 @@
+#pragma once
+// What a Ranker asks of a head: a prediction per row from the shared
+// representation, and a loss against the head's own label in the Batch over
+// the batch's real rows. BinaryHead, RegressionHead and RankingHead
+// implement it; a user's own head does the same (see
+// examples/custom_head/ and docs/heads.md) without touching the library.
+
+#include <rectrain/core/error.hpp>
+#include <rectrain/data/batch.hpp>
+
+#include <torch/torch.h>
+
+#include <cstdint>
+
+namespace rectrain {
+
+class HeadInterface {
+ public:
+  virtual ~HeadInterface() = default;
+  /// [B, G, input_dim()] shared representation -> [B, G] prediction (a
+  /// logit, a value or a score).
+  virtual torch::Tensor forward(const torch::Tensor& hidden) = 0;
+  /// Scalar loss of `prediction` ([B, G], from forward) against this head's
+  /// label in `batch`, over the rows where batch.mask is true.
+  virtual torch::Tensor loss(const torch::Tensor& prediction, const Batch& batch) = 0;
+  /// Width of the representation forward() takes.
+  virtual int64_t input_dim() const = 0;
+};
+
+namespace detail {
+
+/// `label` of `batch`, checked to match `prediction`'s [B, G] shape and
+/// converted to its dtype.
+inline torch::Tensor head_label(const char* head, const std::string& label, const torch::Tensor& prediction,
+                                const Batch& batch) {
+  const auto& y = batch.label(label);
+  if (y.sizes() != prediction.sizes())
+    throw TensorError(concat(head, ": label '", label, "' is ", y.sizes(), " but the prediction is ",
+                             prediction.sizes()));
+  return y.to(prediction.scalar_type());
+}
+
+/// Mean of `elementwise` over the true entries of `mask`; 0 when none is
+/// true. where() rather than a product with the mask, so a non-finite value
+/// on a padded row can reach neither the value nor the gradient.
+inline torch::Tensor masked_mean(const torch::Tensor& elementwise, const torch::Tensor& mask) {
+  if (!mask.defined()) return elementwise.mean();
+  if (mask.sizes() != elementwise.sizes())
+    throw TensorError(concat("masked_mean: mask ", mask.sizes(), " does not match the loss ", elementwise.sizes()));
+  const auto kept = torch::where(mask, elementwise, torch::zeros_like(elementwise));
+  return kept.sum() / mask.sum().clamp_min(1).to(elementwise.scalar_type());
+}
+
+/// A head's Linear(input_dim, 1) applied to [B, G, input_dim] -> [B, G].
+inline torch::Tensor linear_score(torch::nn::Linear& linear, const torch::Tensor& hidden, const char* head) {
+  if (!hidden.defined() || hidden.dim() == 0 || hidden.size(-1) != linear->options.in_features())
+    throw TensorError(concat(head, ": expected hidden [..., ", linear->options.in_features(), "], got ",
+                             hidden.defined() ? concat(hidden.sizes()) : "undefined"));
+  return linear(hidden).squeeze(-1);
+}
+
+} // namespace detail
+
+} // namespace rectrain

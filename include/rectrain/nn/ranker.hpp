@@ -1,0 +1,177 @@
+#pragma once
+// Ranker: the recipe's model. A user tower and an item tower encode each
+// row, a shared MLP reads their concatenation, and every head predicts its
+// own signal from that representation; a MultiTaskLoss combines the heads'
+// losses (fixed weights or learned uncertainty weighting).
+//
+//   Ranker ranker(user_tower, item_tower, RankerOptions(MlpBlocks({512, 256})));
+//   ranker->add_head("target", RankingHead(ranker->hidden_dim()))
+//          .add_head("like", BinaryHead(ranker->hidden_dim(), "like"));
+//   auto predictions = ranker->forward(batch);        // head -> [B, G]
+//   auto loss = ranker->loss(predictions, batch);     // scalar
+
+#include <rectrain/core/compat.hpp>
+#include <rectrain/core/error.hpp>
+#include <rectrain/data/batch.hpp>
+#include <rectrain/loss/multi_task.hpp>
+#include <rectrain/nn/head.hpp>
+#include <rectrain/nn/mlp.hpp>
+#include <rectrain/nn/tower.hpp>
+
+#include <torch/torch.h>
+
+#include <memory>
+#include <string>
+#include <type_traits>
+#include <vector>
+
+namespace rectrain {
+
+struct RankerOptions {
+  /* implicit */ RankerOptions(MlpBlocks shared = {}) : shared_(std::move(shared)) {}
+  /// Blocks of the MLP over [user tower ‖ item tower].
+  TORCH_ARG(MlpBlocks, shared);
+  /// How the heads' losses are combined (weights come with add_head).
+  TORCH_ARG(TaskWeighting, weighting) = TaskWeighting::Fixed;
+};
+
+class RankerImpl : public torch::nn::Cloneable<RankerImpl> {
+ public:
+  RankerImpl(Tower user_tower, Tower item_tower, RankerOptions options = {})
+      : options(std::move(options)), user_tower(std::move(user_tower)), item_tower(std::move(item_tower)) {
+    reset();
+  }
+
+  void reset() override {
+    if (user_tower.is_empty() || item_tower.is_empty()) throw Error("Ranker: both towers must be given");
+    register_module("user_tower", user_tower);
+    register_module("item_tower", item_tower);
+    mlp = register_module("mlp", Mlp(options.shared().with_input(user_tower->output_dim() + item_tower->output_dim())));
+    heads = register_module("heads", torch::nn::ModuleDict());
+    entries_.clear();
+    rebuild_task_loss();
+  }
+
+  /// Adds a head (any Cloneable module deriving from HeadInterface) whose
+  /// loss enters the total with `weight`. Add every head before creating
+  /// the optimizer.
+  template <typename ModuleType>
+  RankerImpl& add_head(const std::string& name, torch::nn::ModuleHolder<ModuleType> head, double weight = 1.0) {
+    static_assert(std::is_base_of<HeadInterface, ModuleType>::value,
+                  "Ranker::add_head: the module must derive from rectrain::HeadInterface");
+    return add_head_module(name, head.ptr(), weight);
+  }
+
+  /// Type-erased add_head(): `module` must derive from HeadInterface.
+  RankerImpl& add_head_module(const std::string& name, std::shared_ptr<torch::nn::Module> module, double weight = 1.0) {
+    detail::check_module_name("Ranker::add_head", name);
+    auto* head = dynamic_cast<HeadInterface*>(module.get());
+    if (!head) throw Error(detail::concat("Ranker::add_head('", name, "'): the module does not derive from HeadInterface"));
+    if (heads->contains(name)) throw Error(detail::concat("Ranker::add_head: the ranker already has a head '", name, "'"));
+    if (head->input_dim() != hidden_dim())
+      throw Error(detail::concat("Ranker::add_head('", name, "'): the head takes ", head->input_dim(),
+                                 " inputs but the shared MLP gives ", hidden_dim(), " (use hidden_dim())"));
+    heads->update({{name, module}});
+    entries_.push_back({name, std::move(module), head, weight});
+    rebuild_task_loss();
+    return *this;
+  }
+
+  /// Width of the shared representation the heads read.
+  int64_t hidden_dim() const { return mlp->output_dim(); }
+
+  /// The shared representation [B, G, hidden_dim()].
+  torch::Tensor hidden(const Batch& batch) {
+    const auto x = torch::cat({user_tower->forward(batch), item_tower->forward(batch)}, -1);
+    return mlp->forward(x, batch.mask);
+  }
+
+  /// Head name -> prediction [B, G], in the order the heads were added.
+  torch::OrderedDict<std::string, torch::Tensor> forward(const Batch& batch) {
+    if (entries_.empty()) throw Error("Ranker: no heads; add_head() some first");
+    const auto h = hidden(batch);
+    torch::OrderedDict<std::string, torch::Tensor> out("Ranker prediction");
+    for (const auto& e : entries_) out.insert(e.name, e.head->forward(h));
+    return out;
+  }
+
+  /// Head name -> its loss on `batch`.
+  torch::OrderedDict<std::string, torch::Tensor> losses(const torch::OrderedDict<std::string, torch::Tensor>& predictions,
+                                                        const Batch& batch) {
+    torch::OrderedDict<std::string, torch::Tensor> out("Ranker loss");
+    for (const auto& e : entries_) {
+      const auto* p = predictions.find(e.name);
+      if (!p) throw Error(detail::concat("Ranker::losses: no prediction for head '", e.name, "'"));
+      out.insert(e.name, e.head->loss(*p, batch));
+    }
+    return out;
+  }
+
+  /// The combined training loss.
+  torch::Tensor loss(const torch::OrderedDict<std::string, torch::Tensor>& predictions, const Batch& batch) {
+    return task_loss->forward(losses(predictions, batch));
+  }
+
+  /// The head registered as `name`, as its own type.
+  template <typename ModuleType>
+  std::shared_ptr<ModuleType> head(const std::string& name) const {
+    if (!heads->contains(name)) throw Error(detail::concat("Ranker: no head '", name, "'"));
+    auto module = std::dynamic_pointer_cast<ModuleType>(heads->operator[](name));
+    if (!module) throw Error(detail::concat("Ranker: head '", name, "' is not of the requested type"));
+    return module;
+  }
+
+  std::vector<std::string> head_names() const {
+    std::vector<std::string> out;
+    for (const auto& e : entries_) out.push_back(e.name);
+    return out;
+  }
+
+  std::shared_ptr<torch::nn::Module> clone(
+      const compat::optional<torch::Device>& device = compat::nullopt) const override {
+    auto copy = std::make_shared<RankerImpl>(Tower(std::dynamic_pointer_cast<TowerImpl>(user_tower->clone(device))),
+                                             Tower(std::dynamic_pointer_cast<TowerImpl>(item_tower->clone(device))),
+                                             options);
+    copy->mlp = copy->replace_module("mlp", Mlp(std::dynamic_pointer_cast<MlpImpl>(mlp->clone(device))));
+    for (const auto& e : entries_) copy->add_head_module(e.name, e.module->clone(device), e.weight);
+    copy->task_loss = copy->replace_module(
+        "task_loss", MultiTaskLoss(std::dynamic_pointer_cast<MultiTaskLossImpl>(task_loss->clone(device))));
+    copy->train(is_training());
+    return copy;
+  }
+
+  void pretty_print(std::ostream& stream) const override { stream << "rectrain::Ranker"; }
+
+  RankerOptions options;
+  Tower user_tower{nullptr};
+  Tower item_tower{nullptr};
+  Mlp mlp{nullptr};
+  torch::nn::ModuleDict heads{nullptr};
+  MultiTaskLoss task_loss{nullptr};
+
+ private:
+  struct Entry {
+    std::string name;
+    std::shared_ptr<torch::nn::Module> module;
+    HeadInterface* head;
+    double weight;
+  };
+
+  void rebuild_task_loss() {
+    std::vector<std::string> names;
+    std::vector<double> weights;
+    for (const auto& e : entries_) {
+      names.push_back(e.name);
+      weights.push_back(e.weight);
+    }
+    auto fresh = MultiTaskLoss(MultiTaskLossOptions(names).weights(weights).weighting(options.weighting()));
+    task_loss = named_children().contains("task_loss") ? replace_module("task_loss", fresh)
+                                                       : register_module("task_loss", fresh);
+  }
+
+  std::vector<Entry> entries_;
+};
+
+TORCH_MODULE(Ranker);
+
+} // namespace rectrain
