@@ -132,6 +132,20 @@ TEST_CASE("pairwise losses equal brute-force pair enumeration", "[loss]") {
         CHECK(ranknet_loss(c.scores, c.targets, c.mask, o).item<double>() ==
               Approx(brute_pairwise(c, [](double d) { return std::log1p(std::exp(-d)); }, lambda, reduction))
                   .epsilon(1e-12));
+        // Both pair layouts (the CPU default is Compact, CUDA's Dense).
+        for (const auto layout : {rectrain::detail::PairLayout::Compact, rectrain::detail::PairLayout::Dense}) {
+          CAPTURE(static_cast<int>(layout));
+          auto margin = [](const torch::Tensor& d) { return torch::relu(0.7 - d); };
+          CHECK(rectrain::detail::pairwise_loss("test", c.scores, c.targets, c.mask, o, margin, layout).item<double>() ==
+                Approx(brute_pairwise(c, [](double d) { return std::max(0.0, 0.7 - d); }, lambda, reduction))
+                    .epsilon(1e-12));
+          check_gradient(
+              [&](const torch::Tensor& s) {
+                return rectrain::detail::pairwise_loss("test", s, c.targets, c.mask, o,
+                                             [](const torch::Tensor& d) { return torch::softplus(-d); }, layout);
+              },
+              c.scores);
+        }
       }
   }
 }

@@ -67,15 +67,19 @@ inline RankingInput ranking_input(const char* loss, const torch::Tensor& scores,
   in.targets = targets.to(scores.device(), scores.scalar_type());
   in.mask = mask.defined() ? mask.to(scores.device(), torch::kBool) : torch::ones_like(scores, torch::kBool);
   // A NaN target would silently turn every comparison false: refuse it.
-  if (!torch::isfinite(in.targets.masked_select(in.mask)).all().item<bool>())
+  if (!(torch::isfinite(in.targets) | ~in.mask).all().item<bool>())
     throw TensorError(concat(loss, ": targets have NaN or infinite values at valid positions"));
   return in;
 }
 
 /// [B, G, G]: true where i and j are valid, in one group, and t_i > t_j.
 inline torch::Tensor ordered_pairs(const RankingInput& in) {
-  const auto valid = in.mask.unsqueeze(2) & in.mask.unsqueeze(1);
-  return valid & (in.targets.unsqueeze(2) > in.targets.unsqueeze(1));
+  // One comparison over the grid: padding is −∞ as the higher item and +∞
+  // as the lower one, so no pair with a padded item compares true.
+  const double inf = std::numeric_limits<double>::infinity();
+  const auto as_hi = in.targets.masked_fill(~in.mask, -inf);
+  const auto as_lo = in.targets.masked_fill(~in.mask, inf);
+  return as_hi.unsqueeze(2) > as_lo.unsqueeze(1);
 }
 
 /// Gains 2^(t − min_t) − 1 per group (0 on padding).
@@ -126,15 +130,59 @@ inline torch::Tensor reduce_pairs(const torch::Tensor& loss, const torch::Tensor
   }
 }
 
+/// The pairwise losses over the list of valid pairs only: pairs.nonzero()
+/// gives (b, i, j) for every counted pair, typically a few percent of the
+/// G² grid (one like among 20 views gives 19 of 400), so the loss and its
+/// backward touch P elements instead of B·G².
 template <class PairLoss>
-torch::Tensor pairwise_loss(const char* name, const torch::Tensor& scores, const torch::Tensor& targets,
-                            const torch::Tensor& mask, const PairwiseLossOptions& options, PairLoss&& pair_loss) {
-  const RankingInput in = ranking_input(name, scores, targets, mask);
-  const auto pairs = ordered_pairs(in);
-  // s_hi − s_lo for every (i, j); only pairs with t_i > t_j are kept.
-  auto loss = pair_loss(in.scores.unsqueeze(2) - in.scores.unsqueeze(1));
+torch::Tensor compact_pairwise_loss(const RankingInput& in, const torch::Tensor& pairs,
+                                    const PairwiseLossOptions& options, PairLoss&& pair_loss) {
+  const int64_t b = in.scores.size(0), g = in.scores.size(1);
+  const auto index = pairs.nonzero();  // [P, 3]
+  const auto group = index.select(1, 0);
+  const auto hi = group * g + index.select(1, 1);
+  const auto lo = group * g + index.select(1, 2);
+  const auto flat = in.scores.reshape({-1});
+  auto loss = pair_loss(flat.index_select(0, hi) - flat.index_select(0, lo));
+  if (options.lambda_weights()) loss = loss * lambda_weights(in).reshape({-1}).index_select(0, hi * g + index.select(1, 2));
+  const auto dtype = loss.scalar_type();
+  switch (options.reduction()) {
+    case RankingReduction::Sum:
+      return loss.sum();
+    case RankingReduction::MeanOverGroups: {
+      const auto count = torch::zeros({b}, loss.options()).index_add(0, group, torch::ones_like(loss));
+      const auto has = count > 0;
+      const auto per_group = torch::zeros({b}, loss.options()).index_add(0, group, loss) /
+                             torch::where(has, count, torch::ones_like(count));
+      return per_group.sum() / has.sum().clamp_min(1).to(dtype);
+    }
+    case RankingReduction::MeanOverPairs:
+    default:
+      return loss.sum() / static_cast<double>(std::max<int64_t>(1, index.size(0)));
+  }
+}
+
+/// The same over the whole [B, G, G] grid, pairs masked: no data-dependent
+/// shapes, hence no host synchronisation on a GPU, where the grid is cheap.
+template <class PairLoss>
+torch::Tensor dense_pairwise_loss(const RankingInput& in, const torch::Tensor& pairs,
+                                  const PairwiseLossOptions& options, PairLoss&& pair_loss) {
+  auto loss = pair_loss(in.scores.unsqueeze(2) - in.scores.unsqueeze(1));  // s_i − s_j for every (i, j)
   if (options.lambda_weights()) loss = loss * lambda_weights(in);
   return reduce_pairs(loss, pairs, options.reduction());
+}
+
+enum class PairLayout : uint8_t { Auto, Compact, Dense };
+
+template <class PairLoss>
+torch::Tensor pairwise_loss(const char* name, const torch::Tensor& scores, const torch::Tensor& targets,
+                            const torch::Tensor& mask, const PairwiseLossOptions& options, PairLoss&& pair_loss,
+                            PairLayout layout = PairLayout::Auto) {
+  const RankingInput in = ranking_input(name, scores, targets, mask);
+  const auto pairs = ordered_pairs(in);
+  if (layout == PairLayout::Auto) layout = in.scores.is_cpu() ? PairLayout::Compact : PairLayout::Dense;
+  return layout == PairLayout::Compact ? compact_pairwise_loss(in, pairs, options, pair_loss)
+                                       : dense_pairwise_loss(in, pairs, options, pair_loss);
 }
 
 } // namespace detail

@@ -1,0 +1,295 @@
+// Model components benchmark, two parts:
+//  losses: forward + backward of rectrain's ranking losses for B groups of
+//          G = 20, beside a naive version that enumerates the valid pairs
+//          with loops and gathers them (the usual hand-written approach), in
+//          the same run, with the values checked equal.
+//  model:  forward + backward of the recipe's full Ranker (user id 256+128,
+//          gender, age; item id 256, source 128, duration, 32-d content
+//          vector; shared MLP 512-256; six heads) per 1,000 rows, with
+//          embeddings frozen, unfrozen with sparse gradients, and unfrozen
+//          with dense ones; the GFLOP/s of its matrix products beside plain
+//          torch::mm GFLOP/s on the same shapes and on a 4096×512×512 GEMM.
+//   model_bench [--part losses|model|all] [--groups 4096] [--model-groups 256]
+//               [--threads T] [--runs R] [--device cpu|cuda] [--scale 1.0]
+
+#include "machine.hpp"
+
+#include <rectrain/rectrain.hpp>
+
+#include <CLI/CLI.hpp>
+
+#include <algorithm>
+#include <cstdio>
+#include <functional>
+#include <string>
+#include <vector>
+
+namespace {
+
+using rectrain::Batch;
+
+void sync(torch::Device device) {
+  if (device.is_cuda()) torch::cuda::synchronize();
+}
+
+/// The usual hand-written pairwise loss: loops find every valid ordered
+/// pair, then one gather and one elementwise loss over the pair list.
+torch::Tensor naive_pairwise(const torch::Tensor& scores, const torch::Tensor& targets, const torch::Tensor& mask,
+                             const std::function<torch::Tensor(const torch::Tensor&)>& pair_loss) {
+  const auto t = targets.to(torch::kCPU, torch::kFloat32).contiguous();
+  const auto m = mask.to(torch::kCPU).contiguous();
+  const auto ta = t.accessor<float, 2>();
+  const auto ma = m.accessor<bool, 2>();
+  std::vector<int64_t> hi, lo;
+  const int64_t b = t.size(0), g = t.size(1);
+  for (int64_t r = 0; r < b; ++r)
+    for (int64_t i = 0; i < g; ++i)
+      for (int64_t j = 0; j < g; ++j)
+        if (ma[r][i] && ma[r][j] && ta[r][i] > ta[r][j]) {
+          hi.push_back(r * g + i);
+          lo.push_back(r * g + j);
+        }
+  const auto flat = scores.reshape({-1});
+  const auto hi_t = torch::tensor(hi, torch::kInt64).to(scores.device());
+  const auto lo_t = torch::tensor(lo, torch::kInt64).to(scores.device());
+  const auto diff = flat.index_select(0, hi_t) - flat.index_select(0, lo_t);
+  return pair_loss(diff).sum() / std::max<int64_t>(1, static_cast<int64_t>(hi.size()));
+}
+
+void run_losses(int64_t groups, int runs, torch::Device device) {
+  const int64_t g = 20;
+  torch::manual_seed(1);
+  // Challenge-like targets: 4.7% like (1), 0.04% dislike (−1), else 0; a
+  // group keeps at least one like so it has pairs.
+  const auto r = torch::rand({groups, g});
+  auto targets = (r < 0.047).to(torch::kFloat32) - (r > 0.9996).to(torch::kFloat32);
+  targets.select(1, 0).fill_(1);
+  const auto mask = torch::rand({groups, g}) > 0.02;
+  const auto scores0 = torch::randn({groups, g});
+  const auto t = targets.to(device), m = mask.to(device);
+  std::printf("\n## ranking losses: B = %lld groups, G = %lld, %s, forward + backward, median of %d runs\n",
+              static_cast<long long>(groups), static_cast<long long>(g), device.str().c_str(), runs);
+  std::printf("%-28s %12s %12s %14s\n", "loss", "rectrain ms", "naive ms", "|difference|");
+
+  using LossFn = std::function<torch::Tensor(const torch::Tensor&)>;
+  struct Case {
+    const char* name;
+    LossFn ours;
+    LossFn naive;  // empty: no naive counterpart
+  };
+  const rectrain::PairwiseLossOptions plain;
+  const auto lambda = rectrain::PairwiseLossOptions().lambda_weights(true);
+  std::vector<Case> cases{
+      {"pairwise_margin", [&](const torch::Tensor& s) { return rectrain::pairwise_margin_loss(s, t, m, plain); },
+       [&](const torch::Tensor& s) {
+         return naive_pairwise(s, t, m, [](const torch::Tensor& d) { return torch::relu(1.0 - d); });
+       }},
+      {"ranknet", [&](const torch::Tensor& s) { return rectrain::ranknet_loss(s, t, m, plain); },
+       [&](const torch::Tensor& s) {
+         return naive_pairwise(s, t, m, [](const torch::Tensor& d) { return torch::softplus(-d); });
+       }},
+      {"pairwise_margin+lambda", [&](const torch::Tensor& s) { return rectrain::pairwise_margin_loss(s, t, m, lambda); },
+       {}},
+      {"listwise_softmax", [&](const torch::Tensor& s) { return rectrain::listwise_softmax_loss(s, t, m); }, {}},
+  };
+  for (const auto& c : cases) {
+    auto time_of = [&](const LossFn& f, double& value) {
+      for (int w = 0; w < 2; ++w) {  // warm-up
+        auto s = scores0.to(device).requires_grad_(true);
+        f(s).backward();
+      }
+      return bench::median_seconds(runs, [&] {
+        auto s = scores0.to(device).requires_grad_(true);
+        auto loss = f(s);
+        loss.backward();
+        sync(device);
+        value = loss.item<double>();
+      });
+    };
+    double ours_value = 0, naive_value = 0;
+    const double ours = time_of(c.ours, ours_value);
+    if (c.naive) {
+      const double naive = time_of(c.naive, naive_value);
+      std::printf("%-28s %12.3f %12.3f %14.2e\n", c.name, 1e3 * ours, 1e3 * naive, std::abs(ours_value - naive_value));
+    } else {
+      std::printf("%-28s %12.3f %12s %14s\n", c.name, 1e3 * ours, "-", "-");
+    }
+  }
+}
+
+struct ModelShape {
+  int64_t users, items, sources;
+};
+
+rectrain::Ranker recipe_ranker(const ModelShape& shape, bool frozen, bool sparse) {
+  using namespace rectrain;
+  auto table = [&](int64_t n, int64_t dim) {
+    return CategoricalFeature(CategoricalFeatureOptions(n, dim).frozen(frozen).sparse(sparse));
+  };
+  NumericFeature age, duration(NumericFeatureOptions().scaling(NumericScaling::Log1pZScore));
+  age->fit(torch::rand({1000}) * 50 + 18);
+  duration->fit(torch::rand({1000}) * 300);
+  Tower user;
+  user->add("user", table(shape.users, 384)).add("gender", CategoricalFeature(3, 4)).add("age", age);
+  Tower item;
+  item->add("item", table(shape.items, 256))
+      .add("source", table(shape.sources, 128))
+      .add("duration", duration)
+      .add("item_embedding", DenseFeature(32));
+  Ranker ranker(user, item, RankerOptions(MlpBlocks({512, 256})));
+  const auto h = ranker->hidden_dim();
+  ranker->add_head("target", RankingHead(h));
+  for (const char* label : {"like", "dislike", "share", "bookmarks"}) ranker->add_head(label, BinaryHead(h, label));
+  ranker->add_head("timespent", RegressionHead(RegressionHeadOptions(h, "timespent").log1p_label(true)));
+  return ranker;
+}
+
+Batch random_batch(const ModelShape& shape, int64_t groups, torch::Device device) {
+  const int64_t g = 20;
+  Batch b;
+  b.rows = torch::arange(groups * g).view({groups, g});
+  b.mask = torch::ones({groups, g}, torch::kBool);
+  const auto user = torch::randint(0, shape.users, {groups, 1}).expand({groups, g}).contiguous();
+  b.features.insert("user", user);
+  b.features.insert("gender", torch::randint(0, 3, {groups, g}));
+  b.features.insert("age", torch::rand({groups, g}) * 50 + 18);
+  b.features.insert("item", torch::randint(0, shape.items, {groups, g}));
+  b.features.insert("source", torch::randint(0, shape.sources, {groups, g}));
+  b.features.insert("duration", torch::rand({groups, g}) * 300);
+  b.features.insert("item_embedding", torch::randn({groups, g, 32}));
+  const auto r = torch::rand({groups, g});
+  b.labels.insert("target", (r < 0.047).to(torch::kFloat32) - (r > 0.9996).to(torch::kFloat32));
+  for (const char* label : {"like", "dislike", "share", "bookmarks"})
+    b.labels.insert(label, (torch::rand({groups, g}) < 0.05).to(torch::kFloat32));
+  b.labels.insert("timespent", torch::rand({groups, g}) * 60);
+  return b.to(device);
+}
+
+/// FLOPs of the model's matrix products for `rows` rows, forward + backward:
+/// 2·rows·in·out each for the forward product, the weight gradient, and the
+/// input gradient where the input needs one (not the first layer's input
+/// when the embedding tables are frozen).
+double model_flops(const rectrain::Ranker& ranker, int64_t rows, bool input_grad_first) {
+  double flops = 0;
+  bool first = true;
+  for (const auto& linear : ranker->mlp->linears) {
+    const double mn = 2.0 * rows * linear->options.in_features() * linear->options.out_features();
+    flops += mn * ((first && !input_grad_first) ? 2 : 3);
+    first = false;
+  }
+  for (const auto& name : ranker->head_names()) {
+    (void)name;
+    flops += 3 * 2.0 * rows * ranker->hidden_dim();
+  }
+  return flops;
+}
+
+/// torch::mm GFLOP/s over the same products (forward, weight gradient,
+/// input gradient), each a plain mm of the same shapes.
+double mm_gflops(const rectrain::Ranker& ranker, int64_t rows, bool input_grad_first, int runs, torch::Device device) {
+  struct Product {
+    torch::Tensor a, b;
+  };
+  std::vector<Product> products;
+  bool first = true;
+  auto o = torch::TensorOptions().device(device);
+  for (const auto& linear : ranker->mlp->linears) {
+    const int64_t in = linear->options.in_features(), out = linear->options.out_features();
+    products.push_back({torch::randn({rows, in}, o), torch::randn({in, out}, o)});   // forward
+    products.push_back({torch::randn({out, rows}, o), torch::randn({rows, in}, o)});  // weight gradient
+    if (!first || input_grad_first) products.push_back({torch::randn({rows, out}, o), torch::randn({out, in}, o)});
+    first = false;
+  }
+  double flops = 0;
+  for (const auto& p : products) flops += 2.0 * p.a.size(0) * p.a.size(1) * p.b.size(1);
+  for (int w = 0; w < 2; ++w)
+    for (const auto& p : products) torch::mm(p.a, p.b);
+  const double s = bench::median_seconds(runs, [&] {
+    for (const auto& p : products) torch::mm(p.a, p.b);
+    sync(device);
+  });
+  return flops / s / 1e9;
+}
+
+double square_mm_gflops(int runs, torch::Device device) {
+  auto o = torch::TensorOptions().device(device);
+  const auto a = torch::randn({4096, 512}, o), b = torch::randn({512, 512}, o);
+  torch::mm(a, b);
+  const double s = bench::median_seconds(runs, [&] {
+    for (int k = 0; k < 4; ++k) torch::mm(a, b);
+    sync(device);
+  });
+  return 4 * 2.0 * 4096 * 512 * 512 / s / 1e9;
+}
+
+void run_model(int64_t groups, int runs, torch::Device device, double scale) {
+  const ModelShape shape{std::max<int64_t>(8, std::llround(183404 * scale)),
+                         std::max<int64_t>(8, std::llround(337727 * scale)),
+                         std::max<int64_t>(8, std::llround(19876 * scale))};
+  const int64_t rows = groups * 20;
+  std::printf("\n## recipe Ranker: %lld users, %lld items, %lld sources; batches of %lld groups × 20 = %lld rows; %s\n",
+              static_cast<long long>(shape.users), static_cast<long long>(shape.items),
+              static_cast<long long>(shape.sources), static_cast<long long>(groups), static_cast<long long>(rows),
+              device.str().c_str());
+  const double square = square_mm_gflops(runs, device);
+  std::printf("torch::mm 4096x512x512: %.1f GFLOP/s\n", square);
+  std::printf("%-22s %12s %14s %12s %14s %10s\n", "tables", "ms/batch", "ms/1000 rows", "GFLOP/s", "mm same shapes",
+              "model/mm");
+  struct Mode {
+    const char* name;
+    bool frozen, sparse;
+  };
+  for (const Mode mode : {Mode{"frozen", true, false}, Mode{"unfrozen, sparse grad", false, true},
+                          Mode{"unfrozen, dense grad", false, false}}) {
+    torch::manual_seed(2);
+    auto ranker = recipe_ranker(shape, mode.frozen, mode.sparse);
+    ranker->to(device);
+    std::vector<Batch> batches;
+    for (int k = 0; k < 4; ++k) batches.push_back(random_batch(shape, groups, device));
+    auto step = [&](const Batch& b) {
+      for (auto& p : ranker->parameters()) p.mutable_grad().reset();
+      ranker->loss(ranker->forward(b), b).backward();
+    };
+    for (int w = 0; w < 2; ++w) step(batches[static_cast<size_t>(w)]);
+    int k = 0;
+    const double s = bench::median_seconds(runs, [&] {
+      step(batches[static_cast<size_t>(k++ % 4)]);
+      sync(device);
+    });
+    const double flops = model_flops(ranker, rows, !mode.frozen);
+    const double mm = mm_gflops(ranker, rows, !mode.frozen, runs, device);
+    std::printf("%-22s %12.2f %14.2f %12.1f %14.1f %9.0f%%\n", mode.name, 1e3 * s, 1e6 * s / rows, flops / s / 1e9, mm,
+                100.0 * flops / s / 1e9 / mm);
+  }
+}
+
+} // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{"rectrain model components benchmark"};
+  std::string part = "all", device_name = "cpu";
+  int64_t groups = 4096, model_groups = 256;
+  int threads = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  int runs = 10;
+  double scale = 1.0;
+  app.add_option("--part", part, "losses | model | all")->capture_default_str();
+  app.add_option("--groups", groups, "Groups per batch for the losses")->capture_default_str();
+  app.add_option("--model-groups", model_groups, "Groups of 20 per batch for the model")->capture_default_str();
+  app.add_option("--threads", threads, "Intra-op threads")->capture_default_str();
+  app.add_option("--runs", runs, "Timed runs (median)")->capture_default_str();
+  app.add_option("--device", device_name, "cpu or cuda")->capture_default_str();
+  app.add_option("--scale", scale, "Embedding table sizes relative to the challenge's")->capture_default_str();
+  CLI11_PARSE(app, argc, argv);
+  torch::set_num_threads(threads);
+  try {
+    const torch::Device device(device_name);
+    if (device.is_cuda() && !torch::cuda::is_available()) throw std::runtime_error("--device cuda: no CUDA device");
+    bench::print_machine("model_bench");
+    if (part == "losses" || part == "all") run_losses(groups, runs, device);
+    if (part == "model" || part == "all") run_model(model_groups, runs, device, scale);
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "model_bench: error: %s\n", e.what());
+    return 1;
+  }
+  return 0;
+}
