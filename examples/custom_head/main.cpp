@@ -1,0 +1,126 @@
+// A head of your own, without touching rectrain: a watch-completion head
+// that learns what share of a video the user watched,
+// clamp(timespent / duration, 0, 1), with a Huber loss, trained beside the
+// library's heads in one Ranker.
+//   custom_head [--data DIR] [--epochs 2] [--seed 1]
+// Without --data it makes a small synthetic dataset in a temporary folder.
+
+#include <rectrain/rectrain.hpp>
+
+#include <cstdio>
+#include <cstdlib>
+#include <filesystem>
+#include <string>
+
+// 1. Derive from torch::nn::Cloneable (so the head clones, moves to CUDA,
+//    saves and loads like any LibTorch module) and from HeadInterface (so a
+//    Ranker can call it). Register parameters in reset().
+struct WatchCompletionHeadOptions {
+  WatchCompletionHeadOptions(int64_t input_dim) : input_dim_(input_dim) {}
+  TORCH_ARG(int64_t, input_dim);
+  TORCH_ARG(double, huber_delta) = 0.1;
+};
+
+class WatchCompletionHeadImpl : public torch::nn::Cloneable<WatchCompletionHeadImpl>, public rectrain::HeadInterface {
+ public:
+  explicit WatchCompletionHeadImpl(WatchCompletionHeadOptions options) : options(std::move(options)) { reset(); }
+
+  void reset() override { linear = register_module("linear", torch::nn::Linear(options.input_dim(), 1)); }
+
+  // 2. forward: [B, G, input_dim] shared representation -> [B, G].
+  torch::Tensor forward(const torch::Tensor& hidden) override { return torch::sigmoid(linear(hidden).squeeze(-1)); }
+
+  // 3. loss: read whatever the Batch carries (here a label and a feature),
+  //    and average over the real rows only (batch.mask).
+  torch::Tensor loss(const torch::Tensor& completion, const rectrain::Batch& batch) override {
+    const auto watched = batch.label("timespent");
+    const auto duration = batch.feature("duration").to(watched.scalar_type());
+    const auto target = (watched / duration.clamp_min(1)).clamp(0, 1).to(completion.scalar_type());
+    const auto elementwise = torch::huber_loss(completion, target, at::Reduction::None, options.huber_delta());
+    return rectrain::detail::masked_mean(elementwise, batch.mask);
+  }
+
+  int64_t input_dim() const override { return options.input_dim(); }
+
+  WatchCompletionHeadOptions options;
+  torch::nn::Linear linear{nullptr};
+};
+TORCH_MODULE(WatchCompletionHead);
+
+int main(int argc, char** argv) {
+  std::string data;
+  int64_t epochs = 2;
+  uint64_t seed = 1;
+  for (int k = 1; k + 1 < argc; k += 2) {
+    const std::string flag = argv[k];
+    if (flag == "--data") data = argv[k + 1];
+    else if (flag == "--epochs") epochs = std::atoll(argv[k + 1]);
+    else if (flag == "--seed") seed = std::strtoull(argv[k + 1], nullptr, 10);
+    else {
+      std::fprintf(stderr, "usage: custom_head [--data DIR] [--epochs N] [--seed S]\n");
+      return 2;
+    }
+  }
+  try {
+    torch::set_num_threads(2);
+    std::filesystem::path temp;
+    if (data.empty()) {
+      temp = std::filesystem::temp_directory_path() / ("rectrain-custom-head-" + std::to_string(::getpid()));
+      rectrain::generate_synthetic(temp.string(), rectrain::SyntheticOptions::at_scale(0.003).seed(seed));
+      data = temp.string();
+    }
+    const auto ds = rectrain::load_dataset(data);
+    torch::manual_seed(static_cast<int64_t>(seed));
+
+    using namespace rectrain;
+    NumericFeature age, duration(NumericFeatureOptions().scaling(NumericScaling::Log1pZScore));
+    age->fit(ds.users["age"]);
+    duration->fit(ds.items["duration"]);
+    Tower user;
+    user->add("user", CategoricalFeature(ds.num_users(), 16)).add("gender", CategoricalFeature(3, 2)).add("age", age);
+    Tower item;
+    item->add("item", CategoricalFeature(ds.num_items(), 16))
+        .add("duration", duration)
+        .add("item_embedding", DenseFeature(ds.items["embedding"].size(1)));
+    Ranker ranker(user, item, RankerOptions(MlpBlocks({64, 32})));
+    // 4. Add it like any library head; its loss enters the multi-task sum.
+    ranker->add_head("target", RankingHead(ranker->hidden_dim()))
+        .add_head("like", BinaryHead(ranker->hidden_dim(), "like"))
+        .add_head("completion", WatchCompletionHead(ranker->hidden_dim()), 0.5);
+
+    const auto spec = BatchSpec::standard(ds);
+    GroupSampler sampler(ds.interactions["user"], ds.interaction_targets(),
+                         GroupSamplerOptions(20).batch_size(32).seed(seed));
+    torch::optim::Adam adam(ranker->parameters(), 3e-3);
+    for (int64_t epoch = 0; epoch < epochs; ++epoch) {
+      sampler.set_epoch(epoch);
+      double completion_loss = 0, total = 0;
+      int64_t batches = 0;
+      while (auto rows = sampler.next_batch()) {
+        const auto batch = spec.gather(*rows);
+        const auto predictions = ranker->forward(batch);
+        const auto losses = ranker->losses(predictions, batch);
+        const auto loss = ranker->task_loss->forward(losses);
+        adam.zero_grad();
+        loss.backward();
+        adam.step();
+        completion_loss += losses["completion"].item<double>();
+        total += loss.item<double>();
+        ++batches;
+      }
+      torch::NoGradGuard no_grad;
+      ranker->eval();
+      const auto candidates = BatchSpec::candidates(ds).gather(torch::arange(ds.candidates.num_rows()).view({-1, 1}));
+      const auto scores = ranker->forward(candidates)["target"].view(-1);
+      const auto m = gauc(ds.candidates["user"], ds.candidates["target"], scores);
+      ranker->train();
+      std::printf("epoch %lld: loss %.4f, completion loss %.4f, candidate GAUC %.4f\n", static_cast<long long>(epoch),
+                  total / std::max<int64_t>(1, batches), completion_loss / std::max<int64_t>(1, batches), m.value);
+    }
+    if (!temp.empty()) std::filesystem::remove_all(temp);
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "custom_head: error: %s\n", e.what());
+    return 1;
+  }
+  return 0;
+}
