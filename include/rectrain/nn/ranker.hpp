@@ -115,10 +115,7 @@ class RankerImpl : public torch::nn::Cloneable<RankerImpl> {
   /// The head registered as `name`, as its own type.
   template <typename ModuleType>
   std::shared_ptr<ModuleType> head(const std::string& name) const {
-    if (!heads->contains(name)) throw Error(detail::concat("Ranker: no head '", name, "'"));
-    auto module = std::dynamic_pointer_cast<ModuleType>(heads->operator[](name));
-    if (!module) throw Error(detail::concat("Ranker: head '", name, "' is not of the requested type"));
-    return module;
+    return detail::typed_child<ModuleType>(heads, name, "Ranker: head");
   }
 
   std::vector<std::string> head_names() const {
@@ -129,9 +126,8 @@ class RankerImpl : public torch::nn::Cloneable<RankerImpl> {
 
   std::shared_ptr<torch::nn::Module> clone(
       const compat::optional<torch::Device>& device = compat::nullopt) const override {
-    auto copy = std::make_shared<RankerImpl>(Tower(std::dynamic_pointer_cast<TowerImpl>(user_tower->clone(device))),
-                                             Tower(std::dynamic_pointer_cast<TowerImpl>(item_tower->clone(device))),
-                                             options);
+    auto copy = std::make_shared<RankerImpl>(detail::clone_tower(user_tower, device),
+                                             detail::clone_tower(item_tower, device), options);
     copy->mlp = copy->replace_module("mlp", Mlp(std::dynamic_pointer_cast<MlpImpl>(mlp->clone(device))));
     for (const auto& e : entries_) copy->add_head_module(e.name, e.module->clone(device), e.weight);
     copy->task_loss = copy->replace_module(

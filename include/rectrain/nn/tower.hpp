@@ -32,6 +32,15 @@ inline void check_module_name(const char* owner, const std::string& name) {
     throw Error(detail::concat(owner, ": name '", name, "' must be non-empty and contain no '.'"));
 }
 
+/// Child `name` of `dict` as ModuleType; `what` names it in errors.
+template <typename ModuleType>
+std::shared_ptr<ModuleType> typed_child(const torch::nn::ModuleDict& dict, const std::string& name, const char* what) {
+  if (!dict->contains(name)) throw Error(concat(what, " '", name, "' does not exist"));
+  auto module = std::dynamic_pointer_cast<ModuleType>(dict->operator[](name));
+  if (!module) throw Error(concat(what, " '", name, "' is not of the requested type"));
+  return module;
+}
+
 } // namespace detail
 
 class TowerImpl : public torch::nn::Cloneable<TowerImpl> {
@@ -96,10 +105,7 @@ class TowerImpl : public torch::nn::Cloneable<TowerImpl> {
   /// The feature module reading `column`, as its own type.
   template <typename ModuleType>
   std::shared_ptr<ModuleType> feature(const std::string& column) const {
-    if (!features->contains(column)) throw Error(detail::concat("Tower: no feature '", column, "'"));
-    auto module = std::dynamic_pointer_cast<ModuleType>(features->operator[](column));
-    if (!module) throw Error(detail::concat("Tower: feature '", column, "' is not of the requested type"));
-    return module;
+    return detail::typed_child<ModuleType>(features, column, "Tower: feature");
   }
 
   std::vector<std::string> columns() const {
@@ -150,5 +156,14 @@ class TowerImpl : public torch::nn::Cloneable<TowerImpl> {
 };
 
 TORCH_MODULE(Tower);
+
+namespace detail {
+
+/// A deep copy of `tower` (on `device`, if given).
+inline Tower clone_tower(const Tower& tower, const compat::optional<torch::Device>& device) {
+  return Tower(std::dynamic_pointer_cast<TowerImpl>(tower->clone(device)));
+}
+
+} // namespace detail
 
 } // namespace rectrain

@@ -48,9 +48,8 @@ class TwoTowerImpl : public torch::nn::Cloneable<TwoTowerImpl> {
 
   std::shared_ptr<torch::nn::Module> clone(
       const compat::optional<torch::Device>& device = compat::nullopt) const override {
-    auto copy = std::make_shared<TwoTowerImpl>(Tower(std::dynamic_pointer_cast<TowerImpl>(user_tower->clone(device))),
-                                               Tower(std::dynamic_pointer_cast<TowerImpl>(item_tower->clone(device))),
-                                               options);
+    auto copy = std::make_shared<TwoTowerImpl>(detail::clone_tower(user_tower, device),
+                                               detail::clone_tower(item_tower, device), options);
     copy->train(is_training());
     return copy;
   }
