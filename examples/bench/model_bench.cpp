@@ -10,7 +10,7 @@
 //          with dense ones; the GFLOP/s of its matrix products beside plain
 //          torch::mm GFLOP/s on the same shapes and on a 4096×512×512 GEMM.
 //   model_bench [--part losses|model|all] [--groups 4096] [--model-groups 256]
-//               [--threads T] [--runs R] [--device cpu|cuda] [--scale 1.0]
+//               [--threads T] [--runs R] [--device cpu|cuda] [--scale 1.0] [--trace PREFIX]
 
 #include "machine.hpp"
 
@@ -123,6 +123,8 @@ struct ModelShape {
 
 rectrain::Ranker recipe_ranker(const ModelShape& shape, bool frozen, bool sparse) {
   using namespace rectrain;
+  // Frozen means every table, gender's too: one trainable table would make
+  // the first layer's input need a gradient again.
   auto table = [&](int64_t n, int64_t dim) {
     return CategoricalFeature(CategoricalFeatureOptions(n, dim).frozen(frozen).sparse(sparse));
   };
@@ -130,7 +132,7 @@ rectrain::Ranker recipe_ranker(const ModelShape& shape, bool frozen, bool sparse
   age->fit(torch::rand({1000}) * 50 + 18);
   duration->fit(torch::rand({1000}) * 300);
   Tower user;
-  user->add("user", table(shape.users, 384)).add("gender", CategoricalFeature(3, 4)).add("age", age);
+  user->add("user", table(shape.users, 384)).add("gender", table(3, 4)).add("age", age);
   Tower item;
   item->add("item", table(shape.items, 256))
       .add("source", table(shape.sources, 128))
@@ -222,7 +224,7 @@ double square_mm_gflops(int runs, torch::Device device) {
   return 4 * 2.0 * 4096 * 512 * 512 / s / 1e9;
 }
 
-void run_model(int64_t groups, int runs, torch::Device device, double scale) {
+void run_model(int64_t groups, int runs, torch::Device device, double scale, const std::string& trace) {
   const ModelShape shape{std::max<int64_t>(8, std::llround(183404 * scale)),
                          std::max<int64_t>(8, std::llround(337727 * scale)),
                          std::max<int64_t>(8, std::llround(19876 * scale))};
@@ -237,10 +239,11 @@ void run_model(int64_t groups, int runs, torch::Device device, double scale) {
               "model/mm");
   struct Mode {
     const char* name;
+    const char* tag;
     bool frozen, sparse;
   };
-  for (const Mode mode : {Mode{"frozen", true, false}, Mode{"unfrozen, sparse grad", false, true},
-                          Mode{"unfrozen, dense grad", false, false}}) {
+  for (const Mode mode : {Mode{"frozen", "frozen", true, false}, Mode{"unfrozen, sparse grad", "sparse", false, true},
+                          Mode{"unfrozen, dense grad", "dense", false, false}}) {
     torch::manual_seed(2);
     auto ranker = recipe_ranker(shape, mode.frozen, mode.sparse);
     ranker->to(device);
@@ -256,6 +259,10 @@ void run_model(int64_t groups, int runs, torch::Device device, double scale) {
       step(batches[static_cast<size_t>(k++ % 4)]);
       sync(device);
     });
+    if (!trace.empty()) {  // one more step under LibTorch's profiler, as a chrome://tracing file
+      torch::autograd::profiler::RecordProfile profile(trace + "." + mode.tag + ".json");
+      step(batches[0]);
+    }
     const double flops = model_flops(ranker, rows, !mode.frozen);
     const double mm = mm_gflops(ranker, rows, !mode.frozen, runs, device);
     std::printf("%-22s %12.2f %14.2f %12.1f %14.1f %9.0f%%\n", mode.name, 1e3 * s, 1e6 * s / rows, flops / s / 1e9, mm,
@@ -272,6 +279,7 @@ int main(int argc, char** argv) {
   int threads = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
   int runs = 10;
   double scale = 1.0;
+  std::string trace;
   app.add_option("--part", part, "losses | model | all")->capture_default_str();
   app.add_option("--groups", groups, "Groups per batch for the losses")->capture_default_str();
   app.add_option("--model-groups", model_groups, "Groups of 20 per batch for the model")->capture_default_str();
@@ -279,6 +287,7 @@ int main(int argc, char** argv) {
   app.add_option("--runs", runs, "Timed runs (median)")->capture_default_str();
   app.add_option("--device", device_name, "cpu or cuda")->capture_default_str();
   app.add_option("--scale", scale, "Embedding table sizes relative to the challenge's")->capture_default_str();
+  app.add_option("--trace", trace, "Write a profiler trace of one model step per mode to TRACE.<mode>.json");
   CLI11_PARSE(app, argc, argv);
   torch::set_num_threads(threads);
   try {
@@ -286,7 +295,7 @@ int main(int argc, char** argv) {
     if (device.is_cuda() && !torch::cuda::is_available()) throw std::runtime_error("--device cuda: no CUDA device");
     bench::print_machine("model_bench");
     if (part == "losses" || part == "all") run_losses(groups, runs, device);
-    if (part == "model" || part == "all") run_model(model_groups, runs, device, scale);
+    if (part == "model" || part == "all") run_model(model_groups, runs, device, scale, trace);
   } catch (const std::exception& e) {
     std::fprintf(stderr, "model_bench: error: %s\n", e.what());
     return 1;

@@ -74,7 +74,13 @@ class MlpImpl : public torch::nn::Cloneable<MlpImpl> {
     if (!input.defined() || input.dim() == 0 || input.size(-1) != options.input_dim())
       throw TensorError(detail::concat("Mlp: expected input [..., ", options.input_dim(), "], got ",
                                        input.defined() ? detail::concat(input.sizes()) : "undefined"));
-    auto x = input;
+    if (mask.defined() && (mask.dim() != input.dim() - 1 || mask.sizes() != input.sizes().slice(0, mask.dim())))
+      throw TensorError(detail::concat("Mlp: mask ", mask.sizes(), " does not match input ", input.sizes()));
+    if (linears.empty()) return input;
+    // Rows flattened to [N, in]: Linear on a 2-D input is one addmm with the
+    // bias fused, forward and backward, instead of matmul + add on 3-D views.
+    auto x = input.reshape({-1, options.input_dim()});
+    const auto flat_mask = mask.defined() ? mask.reshape({-1}) : mask;
     for (size_t i = 0; i < linears.size(); ++i) {
       x = linears[i](x);
       switch (options.activation()) {
@@ -83,10 +89,12 @@ class MlpImpl : public torch::nn::Cloneable<MlpImpl> {
         case Activation::SiLU: x = torch::silu(x); break;
       }
       if (!layer_norms.empty()) x = layer_norms[i](x);
-      if (!batch_norms.empty()) x = batch_norm(batch_norms[i], x, mask);
+      if (!batch_norms.empty()) x = batch_norm(batch_norms[i], x, flat_mask);
       if (options.dropout() > 0) x = torch::dropout(x, options.dropout(), is_training());
     }
-    return x;
+    auto shape = input.sizes().vec();
+    shape.back() = x.size(1);
+    return x.view(shape);
   }
 
   int64_t output_dim() const { return options.widths().empty() ? options.input_dim() : options.widths().back(); }
@@ -103,15 +111,12 @@ class MlpImpl : public torch::nn::Cloneable<MlpImpl> {
   std::vector<torch::nn::BatchNorm1d> batch_norms;
 
  private:
-  torch::Tensor batch_norm(torch::nn::BatchNorm1d& norm, const torch::Tensor& x, const torch::Tensor& mask) const {
-    const int64_t width = x.size(-1);
-    auto rows = x.reshape({-1, width});
-    if (!is_training() || !mask.defined()) return norm(rows).view(x.sizes());
-    if (mask.numel() != rows.size(0))
-      throw TensorError(detail::concat("Mlp: mask ", mask.sizes(), " does not match input ", x.sizes()));
-    const auto real = mask.reshape({-1}).nonzero().squeeze(1);
-    auto out = torch::zeros_like(rows);
-    return out.index_copy(0, real, norm(rows.index_select(0, real))).view(x.sizes());
+  /// BatchNorm over [N, width] rows; in training, statistics from the rows
+  /// `mask` ([N] bool) marks.
+  torch::Tensor batch_norm(torch::nn::BatchNorm1d& norm, const torch::Tensor& rows, const torch::Tensor& mask) const {
+    if (!is_training() || !mask.defined()) return norm(rows);
+    const auto real = mask.nonzero().squeeze(1);
+    return torch::zeros_like(rows).index_copy(0, real, norm(rows.index_select(0, real)));
   }
 };
 
