@@ -326,6 +326,21 @@ TEST_CASE("head losses equal their definitions over the mask", "[nn][loss]") {
   CHECK(torch::isfinite(x.grad()).all().item<bool>());
 
   CHECK_THROWS_WITH(like->loss(torch::randn({3, 4}), batch), Catch::Contains("label 'like' is [3, 5] but the prediction is [3, 4]"));
+  {
+    Batch bad = batch;
+    bad.labels = torch::OrderedDict<std::string, torch::Tensor>("Batch label");
+    auto like_labels = batch.label("like").clone();
+    like_labels[2][1] = 2;
+    auto time_labels = batch.label("timespent").clone();
+    time_labels[1][3] = std::nan("");
+    time_labels[0][4] = std::nan("");  // a padded row: ignored
+    bad.labels.insert("like", like_labels);
+    bad.labels.insert("timespent", time_labels);
+    CHECK_THROWS_WITH(like->loss(logits, bad), Catch::Contains("label 'like' must be in [0, 1]; it is 2 at [2, 1]"));
+    CHECK_THROWS_WITH(mse->loss(logits, bad), Catch::Contains("label 'timespent' must be finite; it is nan at [1, 3]"));
+    BinaryHead unchecked(BinaryHeadOptions(4, "like").check_labels(false));
+    CHECK(std::isfinite(unchecked->loss(logits, bad).item<double>()));
+  }
   CHECK_THROWS_WITH(BinaryHead(4, "dwell")->loss(logits, batch), Catch::Contains("no label 'dwell'"));
   CHECK_THROWS_WITH(like(torch::randn({3, 5, 2})), Catch::Contains("expected hidden [..., 4], got [3, 5, 2]"));
 }

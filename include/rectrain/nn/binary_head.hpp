@@ -18,6 +18,9 @@ struct BinaryHeadOptions {
   TORCH_ARG(std::string, label);
   /// Weight of the positive term (BCE's pos_weight); 1 weighs both alike.
   TORCH_ARG(double, positive_weight) = 1.0;
+  /// Reject labels outside [0, 1] (or NaN) on real rows. Costs one host
+  /// sync per loss on a GPU; turn off once the data is known to be clean.
+  TORCH_ARG(bool, check_labels) = true;
 };
 
 class BinaryHeadImpl : public torch::nn::Cloneable<BinaryHeadImpl>, public HeadInterface {
@@ -37,6 +40,8 @@ class BinaryHeadImpl : public torch::nn::Cloneable<BinaryHeadImpl>, public HeadI
 
   torch::Tensor loss(const torch::Tensor& logits, const Batch& batch) override {
     const auto y = detail::head_label("BinaryHead", options.label(), logits, batch);
+    if (options.check_labels())
+      detail::check_label_rows("BinaryHead", options.label(), y, ~((y >= 0) & (y <= 1)), batch, "in [0, 1]");
     torch::Tensor pos_weight;
     if (options.positive_weight() != 1.0) pos_weight = torch::full({}, options.positive_weight(), logits.options());
     const auto elementwise =

@@ -40,6 +40,18 @@ inline torch::Tensor head_label(const char* head, const std::string& label, cons
   return y.to(prediction.scalar_type());
 }
 
+/// Throws when `bad` ([B, G] bool) is true on a real row of `batch`,
+/// naming the first such position and its label value. One host sync.
+inline void check_label_rows(const char* head, const std::string& label, const torch::Tensor& y,
+                             const torch::Tensor& bad, const Batch& batch, const char* expected) {
+  const auto flagged = batch.mask.defined() ? bad & batch.mask : bad;
+  if (!flagged.any().item<bool>()) return;
+  const auto first = flagged.nonzero()[0];
+  const int64_t b = first[0].item<int64_t>(), g = first[1].item<int64_t>();
+  throw TensorError(concat(head, ": label '", label, "' must be ", expected, "; it is ", y[b][g].item<double>(),
+                           " at [", b, ", ", g, "]"));
+}
+
 /// Mean of `elementwise` over the true entries of `mask`; 0 when none is
 /// true. where() rather than a product with the mask, so a non-finite value
 /// on a padded row can reach neither the value nor the gradient.

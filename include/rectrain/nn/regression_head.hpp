@@ -23,6 +23,9 @@ struct RegressionHeadOptions {
   /// Learn log1p(label) instead of the label. Labels below 0 count as 0
   /// (the head is meant for non-negative targets: times, counts).
   TORCH_ARG(bool, log1p_label) = false;
+  /// Reject NaN or infinite labels on real rows (one host sync per loss on
+  /// a GPU).
+  TORCH_ARG(bool, check_labels) = true;
 };
 
 class RegressionHeadImpl : public torch::nn::Cloneable<RegressionHeadImpl>, public HeadInterface {
@@ -45,6 +48,8 @@ class RegressionHeadImpl : public torch::nn::Cloneable<RegressionHeadImpl>, publ
 
   torch::Tensor loss(const torch::Tensor& prediction, const Batch& batch) override {
     auto y = detail::head_label("RegressionHead", options.label(), prediction, batch);
+    if (options.check_labels())
+      detail::check_label_rows("RegressionHead", options.label(), y, ~torch::isfinite(y), batch, "finite");
     if (options.log1p_label()) y = torch::log1p(y.clamp_min(0));
     const auto elementwise = options.loss() == RegressionLoss::MSE
                                  ? torch::mse_loss(prediction, y, at::Reduction::None)
