@@ -428,7 +428,7 @@ class CompletionHeadImpl : public torch::nn::Cloneable<CompletionHeadImpl>, publ
   torch::Tensor forward(const torch::Tensor& hidden) override { return linear(hidden).squeeze(-1); }
   torch::Tensor loss(const torch::Tensor& prediction, const Batch& batch) override {
     const auto completion = (batch.label("timespent") / batch.feature("duration").clamp_min(1)).clamp_max(1);
-    return rectrain::detail::masked_mean(torch::huber_loss(prediction, completion, at::Reduction::None), batch.mask);
+    return rectrain::masked_mean(torch::huber_loss(prediction, completion, at::Reduction::None), batch.mask);
   }
   int64_t input_dim() const override { return input_dim_; }
   torch::nn::Linear linear{nullptr};

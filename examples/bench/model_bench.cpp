@@ -179,10 +179,7 @@ double model_flops(const rectrain::Ranker& ranker, int64_t rows, bool input_grad
     flops += mn * ((first && !input_grad_first) ? 2 : 3);
     first = false;
   }
-  for (const auto& name : ranker->head_names()) {
-    (void)name;
-    flops += 3 * 2.0 * rows * ranker->hidden_dim();
-  }
+  flops += 3 * 2.0 * rows * ranker->hidden_dim() * static_cast<double>(ranker->head_names().size());
   return flops;
 }
 

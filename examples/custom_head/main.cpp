@@ -7,8 +7,9 @@
 
 #include <rectrain/rectrain.hpp>
 
+#include <CLI/CLI.hpp>
+
 #include <cstdio>
-#include <cstdlib>
 #include <filesystem>
 #include <string>
 
@@ -37,7 +38,7 @@ class WatchCompletionHeadImpl : public torch::nn::Cloneable<WatchCompletionHeadI
     const auto duration = batch.feature("duration").to(watched.scalar_type());
     const auto target = (watched / duration.clamp_min(1)).clamp(0, 1).to(completion.scalar_type());
     const auto elementwise = torch::huber_loss(completion, target, at::Reduction::None, options.huber_delta());
-    return rectrain::detail::masked_mean(elementwise, batch.mask);
+    return rectrain::masked_mean(elementwise, batch.mask);
   }
 
   int64_t input_dim() const override { return options.input_dim(); }
@@ -48,19 +49,14 @@ class WatchCompletionHeadImpl : public torch::nn::Cloneable<WatchCompletionHeadI
 TORCH_MODULE(WatchCompletionHead);
 
 int main(int argc, char** argv) {
+  CLI::App app{"custom_head: a watch-completion head of your own, trained beside rectrain's heads"};
   std::string data;
   int64_t epochs = 2;
   uint64_t seed = 1;
-  for (int k = 1; k + 1 < argc; k += 2) {
-    const std::string flag = argv[k];
-    if (flag == "--data") data = argv[k + 1];
-    else if (flag == "--epochs") epochs = std::atoll(argv[k + 1]);
-    else if (flag == "--seed") seed = std::strtoull(argv[k + 1], nullptr, 10);
-    else {
-      std::fprintf(stderr, "usage: custom_head [--data DIR] [--epochs N] [--seed S]\n");
-      return 2;
-    }
-  }
+  app.add_option("--data", data, "Dataset directory (default: small synthetic data in a temporary folder)");
+  app.add_option("--epochs", epochs, "Epochs")->capture_default_str();
+  app.add_option("--seed", seed, "Random seed")->capture_default_str();
+  CLI11_PARSE(app, argc, argv);
   try {
     torch::set_num_threads(2);
     std::filesystem::path temp;

@@ -28,6 +28,7 @@
 #include <rectrain/metrics/ranking.hpp>
 #include <rectrain/nn/binary_head.hpp>
 #include <rectrain/nn/categorical_feature.hpp>
+#include <rectrain/nn/composite.hpp>
 #include <rectrain/nn/dense_feature.hpp>
 #include <rectrain/nn/feature.hpp>
 #include <rectrain/nn/freezing.hpp>

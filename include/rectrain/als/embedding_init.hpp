@@ -31,7 +31,7 @@ inline torch::Tensor embedding_table(const std::vector<torch::Tensor>& parts, co
     if (!p.defined() || p.dim() != 2 || p.size(0) != parts[0].size(0) || !p.is_floating_point())
       throw TensorError(detail::concat("embedding_table: part ", i, " must be a 2-D floating tensor with ",
                                        parts[0].defined() && parts[0].dim() > 0 ? parts[0].size(0) : 0,
-                                       " rows, got ", p.defined() ? detail::concat(p.sizes()) : "undefined"));
+                                       " rows, got ", detail::shape_of(p)));
     auto t = p.detach().to(torch::kFloat32);
     if (!torch::isfinite(t).all().item<bool>())
       throw TensorError(detail::concat("embedding_table: part ", i, " ", p.sizes(), " has NaN or infinite values"));
@@ -56,7 +56,7 @@ inline void copy_into(torch::nn::Embedding& embedding, const torch::Tensor& tabl
   auto& weight = embedding->weight;
   if (!table.defined() || table.sizes() != weight.sizes())
     throw TensorError(detail::concat("copy_into: embedding weight is ", weight.sizes(), " but the table is ",
-                                     table.defined() ? detail::concat(table.sizes()) : "undefined"));
+                                     detail::shape_of(table)));
   torch::NoGradGuard no_grad;
   weight.copy_(table);
 }

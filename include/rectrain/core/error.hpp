@@ -7,6 +7,7 @@
 #include <stdexcept>
 #include <string>
 #include <utility>
+#include <vector>
 
 namespace rectrain {
 
@@ -67,6 +68,27 @@ std::string concat(const Args&... args) {
   std::ostringstream out;
   (out << ... << args);
   return out.str();
+}
+
+/// A tensor's shape for an error message ("[2, 3]"), or "undefined".
+template <typename TensorType>
+std::string shape_of(const TensorType& t) {
+  return t.defined() ? concat(t.sizes()) : std::string("undefined");
+}
+
+/// Throws "<owner>: expected <name> [..., dim], got <shape>" unless `t`'s
+/// last dimension is `dim`.
+template <typename TensorType>
+void check_last_dim(const char* owner, const char* name, const TensorType& t, int64_t dim) {
+  if (!t.defined() || t.dim() == 0 || t.size(-1) != dim)
+    throw TensorError(concat(owner, ": expected ", name, *name ? " " : "", "[..., ", dim, "], got ", shape_of(t)));
+}
+
+/// "a, b, c", or "none": the names an error message offers instead.
+inline std::string join_names(const std::vector<std::string>& names) {
+  std::string out;
+  for (const auto& name : names) out += (out.empty() ? "" : ", ") + name;
+  return out.empty() ? "none" : out;
 }
 
 } // namespace detail

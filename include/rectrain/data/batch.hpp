@@ -41,10 +41,8 @@ struct Batch {
   static const torch::Tensor& lookup(const torch::OrderedDict<std::string, torch::Tensor>& dict,
                                      const std::string& name, const char* kind) {
     if (const auto* t = dict.find(name)) return *t;
-    std::string names;
-    for (const auto& k : dict.keys()) names += (names.empty() ? "" : ", ") + k;
-    throw Error(detail::concat("Batch has no ", kind, " '", name, "' (", kind, "s: ",
-                               names.empty() ? "none" : names, ")"));
+    throw Error(detail::concat("Batch has no ", kind, " '", name, "' (", kind, "s: ", detail::join_names(dict.keys()),
+                               ")"));
   }
 };
 

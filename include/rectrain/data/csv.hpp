@@ -336,11 +336,8 @@ class CsvFile {
         sink.type = CsvType::Number;
       }
     }
-    if (!extras.empty() && options.extra_columns() == ExtraColumns::Ignore) {
-      std::string names;
-      for (const auto& e : extras) names += (names.empty() ? "" : ", ") + e;
-      TORCH_WARN(path(), ": ignoring unknown column(s): ", names);
-    }
+    if (!extras.empty() && options.extra_columns() == ExtraColumns::Ignore)
+      TORCH_WARN(path(), ": ignoring unknown column(s): ", detail::join_names(extras));
 
     // Pass 1: chunks cut after a '\n', rows counted per chunk.
     const char* end = file_.data() + file_.size();

@@ -49,7 +49,7 @@ class Table {
 
   const torch::Tensor& operator[](const std::string& name) const {
     if (const auto* found = columns_.find(name)) return *found;
-    throw Error(detail::concat("Table has no column '", name, "' (columns: ", joined_names(), ")"));
+    throw Error(detail::concat("Table has no column '", name, "' (columns: ", detail::join_names(columns_.keys()), ")"));
   }
 
   std::vector<std::string> names() const { return columns_.keys(); }
@@ -58,12 +58,6 @@ class Table {
   }
 
  private:
-  std::string joined_names() const {
-    std::string out;
-    for (const auto& key : columns_.keys()) out += (out.empty() ? "" : ", ") + key;
-    return out.empty() ? "none" : out;
-  }
-
   torch::OrderedDict<std::string, torch::Tensor> columns_{"Table column"};
   int64_t rows_ = -1;
 };

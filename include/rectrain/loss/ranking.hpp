@@ -59,7 +59,7 @@ inline RankingInput ranking_input(const char* loss, const torch::Tensor& scores,
                              scores.defined() ? concat(scores.toString(), " ", scores.sizes()) : "undefined"));
   if (!targets.defined() || targets.sizes() != scores.sizes())
     throw TensorError(concat(loss, ": targets must be shaped like scores ", scores.sizes(), ", got ",
-                             targets.defined() ? concat(targets.sizes()) : "undefined"));
+                             shape_of(targets)));
   if (mask.defined() && mask.sizes() != scores.sizes())
     throw TensorError(concat(loss, ": mask must be shaped like scores ", scores.sizes(), ", got ", mask.sizes()));
   RankingInput in;
@@ -112,18 +112,22 @@ inline torch::Tensor lambda_weights(const RankingInput& in) {
   return (delta.abs() / torch::where(idcg > 0, idcg, torch::ones_like(idcg)).unsqueeze(2));
 }
 
+/// MeanOverGroups from per-group loss sums and pair counts ([B] each): the
+/// mean of each group's pair mean, over the groups with a pair.
+inline torch::Tensor mean_of_group_means(const torch::Tensor& group_sum, const torch::Tensor& group_pairs) {
+  const auto has = group_pairs > 0;
+  const auto per_group = group_sum / torch::where(has, group_pairs, torch::ones_like(group_pairs));
+  return per_group.sum() / has.sum().clamp_min(1).to(group_sum.scalar_type());
+}
+
 inline torch::Tensor reduce_pairs(const torch::Tensor& loss, const torch::Tensor& pairs, RankingReduction reduction) {
   const auto weighted = torch::where(pairs, loss, torch::zeros_like(loss));
   const auto dtype = loss.scalar_type();
   switch (reduction) {
     case RankingReduction::Sum:
       return weighted.sum();
-    case RankingReduction::MeanOverGroups: {
-      const auto per_group_pairs = pairs.sum({1, 2}).to(dtype);
-      const auto has = per_group_pairs > 0;
-      const auto per_group = weighted.sum({1, 2}) / torch::where(has, per_group_pairs, torch::ones_like(per_group_pairs));
-      return per_group.sum() / has.sum().clamp_min(1).to(dtype);
-    }
+    case RankingReduction::MeanOverGroups:
+      return mean_of_group_means(weighted.sum({1, 2}), pairs.sum({1, 2}).to(dtype));
     case RankingReduction::MeanOverPairs:
     default:
       return weighted.sum() / pairs.sum().clamp_min(1).to(dtype);
@@ -145,17 +149,12 @@ torch::Tensor compact_pairwise_loss(const RankingInput& in, const torch::Tensor&
   const auto flat = in.scores.reshape({-1});
   auto loss = pair_loss(flat.index_select(0, hi) - flat.index_select(0, lo));
   if (options.lambda_weights()) loss = loss * lambda_weights(in).reshape({-1}).index_select(0, hi * g + index.select(1, 2));
-  const auto dtype = loss.scalar_type();
   switch (options.reduction()) {
     case RankingReduction::Sum:
       return loss.sum();
-    case RankingReduction::MeanOverGroups: {
-      const auto count = torch::zeros({b}, loss.options()).index_add(0, group, torch::ones_like(loss));
-      const auto has = count > 0;
-      const auto per_group = torch::zeros({b}, loss.options()).index_add(0, group, loss) /
-                             torch::where(has, count, torch::ones_like(count));
-      return per_group.sum() / has.sum().clamp_min(1).to(dtype);
-    }
+    case RankingReduction::MeanOverGroups:
+      return mean_of_group_means(torch::zeros({b}, loss.options()).index_add(0, group, loss),
+                                 torch::zeros({b}, loss.options()).index_add(0, group, torch::ones_like(loss)));
     case RankingReduction::MeanOverPairs:
     default:
       return loss.sum() / static_cast<double>(std::max<int64_t>(1, index.size(0)));

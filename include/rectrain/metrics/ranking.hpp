@@ -27,7 +27,7 @@ namespace detail {
 inline torch::Tensor metric_input(const torch::Tensor& t, const char* name, int64_t n) {
   if (!t.defined() || t.dim() != 1 || (n >= 0 && t.size(0) != n))
     throw TensorError(concat(name, ": expected a 1-D tensor", n >= 0 ? concat(" of ", n, " entries") : "",
-                             ", got ", t.defined() ? concat(t.sizes()) : std::string("undefined")));
+                             ", got ", shape_of(t)));
   auto out = t.to(torch::kCPU, torch::kFloat64).contiguous();
   if (n != 0 && !torch::isfinite(out).all().item<bool>()) {
     const int64_t at = torch::isfinite(out).logical_not().nonzero()[0][0].item<int64_t>();

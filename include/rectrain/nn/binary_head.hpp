@@ -46,7 +46,7 @@ class BinaryHeadImpl : public torch::nn::Cloneable<BinaryHeadImpl>, public HeadI
     if (options.positive_weight() != 1.0) pos_weight = torch::full({}, options.positive_weight(), logits.options());
     const auto elementwise =
         torch::binary_cross_entropy_with_logits(logits, y, {}, pos_weight, at::Reduction::None);
-    return detail::masked_mean(elementwise, batch.mask);
+    return masked_mean(elementwise, batch.mask);
   }
 
   int64_t input_dim() const override { return options.input_dim(); }

@@ -8,6 +8,7 @@
 
 #include <rectrain/core/error.hpp>
 #include <rectrain/nn/feature.hpp>
+#include <rectrain/nn/freezing.hpp>
 
 #include <torch/torch.h>
 
@@ -62,8 +63,7 @@ class CategoricalFeatureImpl : public torch::nn::Cloneable<CategoricalFeatureImp
     if (!table.defined() || table.dim() != 2 || table.size(1) != options.dim() ||
         (table.size(0) != n && table.size(0) != n + 1))
       throw TensorError(detail::concat("CategoricalFeature weight: expected [", n + 1, ", ", options.dim(), "] or [",
-                                       n, ", ", options.dim(), "], got ",
-                                       table.defined() ? detail::concat(table.sizes()) : "undefined"));
+                                       n, ", ", options.dim(), "], got ", detail::shape_of(table)));
     if (!at::isFloatingType(table.scalar_type()))
       throw TensorError(detail::concat("CategoricalFeature weight: expected a floating tensor, got ", table.scalar_type()));
     if (!torch::isfinite(table).all().item<bool>())
@@ -74,12 +74,11 @@ class CategoricalFeatureImpl : public torch::nn::Cloneable<CategoricalFeatureImp
   }
 
   void freeze() {
-    weight.set_requires_grad(false);
-    weight.mutable_grad().reset();  // a stale gradient would keep moving it
+    detail::set_trainable(weight, false);
     options.frozen(true);
   }
   void unfreeze() {
-    weight.set_requires_grad(true);
+    detail::set_trainable(weight, true);
     options.frozen(false);
   }
   bool is_frozen() const { return !weight.requires_grad(); }

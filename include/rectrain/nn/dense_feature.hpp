@@ -35,9 +35,7 @@ class DenseFeatureImpl : public torch::nn::Cloneable<DenseFeatureImpl>, public F
 
   /// [..., input_dim] -> [..., output_dim()].
   torch::Tensor forward(const torch::Tensor& column) override {
-    if (!column.defined() || column.dim() == 0 || column.size(-1) != options.input_dim())
-      throw TensorError(detail::concat("DenseFeature: expected [..., ", options.input_dim(), "], got ",
-                                       column.defined() ? detail::concat(column.sizes()) : "undefined"));
+    detail::check_last_dim("DenseFeature", "", column, options.input_dim());
     if (!projection) return at::isFloatingType(column.scalar_type()) ? column : column.to(torch::kFloat32);
     return projection(column.to(projection->weight.scalar_type()));
   }

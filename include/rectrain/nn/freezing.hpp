@@ -53,6 +53,13 @@ inline bool parameter_matches(const std::string& pattern, const std::string& nam
                              name[pattern.size()] == '.');
 }
 
+/// Starts or stops gradients to one parameter; stopping also drops its
+/// gradient, which optimizers then skip (see the top of this header).
+inline void set_trainable(torch::Tensor parameter, bool trainable) {
+  parameter.set_requires_grad(trainable);
+  if (!trainable) parameter.mutable_grad().reset();
+}
+
 inline void set_trainable(torch::nn::Module& module, const std::vector<std::string>& patterns, bool trainable) {
   const auto params = module.named_parameters();
   for (const auto& pattern : patterns) {
@@ -60,16 +67,11 @@ inline void set_trainable(torch::nn::Module& module, const std::vector<std::stri
     for (const auto& p : params)
       if (parameter_matches(pattern, p.key())) {
         any = true;
-        auto tensor = p.value();
-        tensor.set_requires_grad(trainable);
-        if (!trainable) tensor.mutable_grad().reset();
+        set_trainable(p.value(), trainable);
       }
-    if (!any) {
-      std::string names;
-      for (const auto& p : params) names += (names.empty() ? "" : ", ") + p.key();
+    if (!any)
       throw Error(concat(trainable ? "unfreeze" : "freeze", ": no parameter matches '", pattern,
-                         "' (parameters: ", names.empty() ? "none" : names, ")"));
-    }
+                         "' (parameters: ", join_names(params.keys()), ")"));
   }
 }
 

@@ -27,6 +27,19 @@ class HeadInterface {
   virtual int64_t input_dim() const = 0;
 };
 
+/// Mean of `elementwise` over the true entries of `mask` (0 when none is
+/// true): how a head's loss() averages over a batch's real rows. where()
+/// rather than a product with the mask, so a non-finite value on a padded
+/// row can reach neither the value nor the gradient.
+inline torch::Tensor masked_mean(const torch::Tensor& elementwise, const torch::Tensor& mask) {
+  if (!mask.defined()) return elementwise.mean();
+  if (mask.sizes() != elementwise.sizes())
+    throw TensorError(
+        detail::concat("masked_mean: mask ", mask.sizes(), " does not match the loss ", elementwise.sizes()));
+  const auto kept = torch::where(mask, elementwise, torch::zeros_like(elementwise));
+  return kept.sum() / mask.sum().clamp_min(1).to(elementwise.scalar_type());
+}
+
 namespace detail {
 
 /// `label` of `batch`, checked to match `prediction`'s [B, G] shape and
@@ -52,22 +65,9 @@ inline void check_label_rows(const char* head, const std::string& label, const t
                            " at [", b, ", ", g, "]"));
 }
 
-/// Mean of `elementwise` over the true entries of `mask`; 0 when none is
-/// true. where() rather than a product with the mask, so a non-finite value
-/// on a padded row can reach neither the value nor the gradient.
-inline torch::Tensor masked_mean(const torch::Tensor& elementwise, const torch::Tensor& mask) {
-  if (!mask.defined()) return elementwise.mean();
-  if (mask.sizes() != elementwise.sizes())
-    throw TensorError(concat("masked_mean: mask ", mask.sizes(), " does not match the loss ", elementwise.sizes()));
-  const auto kept = torch::where(mask, elementwise, torch::zeros_like(elementwise));
-  return kept.sum() / mask.sum().clamp_min(1).to(elementwise.scalar_type());
-}
-
 /// A head's Linear(input_dim, 1) applied to [B, G, input_dim] -> [B, G].
 inline torch::Tensor linear_score(torch::nn::Linear& linear, const torch::Tensor& hidden, const char* head) {
-  if (!hidden.defined() || hidden.dim() == 0 || hidden.size(-1) != linear->options.in_features())
-    throw TensorError(concat(head, ": expected hidden [..., ", linear->options.in_features(), "], got ",
-                             hidden.defined() ? concat(hidden.sizes()) : "undefined"));
+  check_last_dim(head, "hidden", hidden, linear->options.in_features());
   return linear(hidden).squeeze(-1);
 }
 

@@ -71,9 +71,7 @@ class MlpImpl : public torch::nn::Cloneable<MlpImpl> {
   /// [..., input_dim] -> [..., output_dim()]. `mask` ([...] bool, optional)
   /// marks the real rows; only BatchNorm in training mode looks at it.
   torch::Tensor forward(const torch::Tensor& input, const torch::Tensor& mask = {}) {
-    if (!input.defined() || input.dim() == 0 || input.size(-1) != options.input_dim())
-      throw TensorError(detail::concat("Mlp: expected input [..., ", options.input_dim(), "], got ",
-                                       input.defined() ? detail::concat(input.sizes()) : "undefined"));
+    detail::check_last_dim("Mlp", "input", input, options.input_dim());
     if (mask.defined() && (mask.dim() != input.dim() - 1 || mask.sizes() != input.sizes().slice(0, mask.dim())))
       throw TensorError(detail::concat("Mlp: mask ", mask.sizes(), " does not match input ", input.sizes()));
     if (linears.empty()) return input;

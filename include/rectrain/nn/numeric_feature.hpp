@@ -46,8 +46,7 @@ class NumericFeatureImpl : public torch::nn::Cloneable<NumericFeatureImpl>, publ
     const int64_t w = options.width();
     if (!data.defined() || !(data.dim() == 1 ? w == 1 : data.dim() == 2 && data.size(1) == w))
       throw TensorError(detail::concat("NumericFeature::fit: expected ", w == 1 ? "[N] or [N, 1]" : "[N, width]",
-                                       " with width ", w, ", got ",
-                                       data.defined() ? detail::concat(data.sizes()) : "undefined"));
+                                       " with width ", w, ", got ", detail::shape_of(data)));
     if (data.size(0) == 0) throw TensorError("NumericFeature::fit: data has no rows");
     if (data.scalar_type() == torch::kBool || at::isComplexType(data.scalar_type()))
       throw TensorError(detail::concat("NumericFeature::fit: expected a real tensor, got ", data.scalar_type()));
@@ -86,9 +85,7 @@ class NumericFeatureImpl : public torch::nn::Cloneable<NumericFeatureImpl>, publ
       fitted_known_ = true;
     }
     const int64_t w = options.width();
-    if (!column.defined() || (w > 1 && (column.dim() == 0 || column.size(-1) != w)))
-      throw TensorError(detail::concat("NumericFeature: expected [..., ", w, "], got ",
-                                       column.defined() ? detail::concat(column.sizes()) : "undefined"));
+    if (!column.defined() || w > 1) detail::check_last_dim("NumericFeature", "", column, w);
     auto x = column.to(offset.scalar_type());
     if (w == 1) x = x.unsqueeze(-1);
     return (transform(x) - offset) * scale;

@@ -14,6 +14,7 @@
 #include <rectrain/core/error.hpp>
 #include <rectrain/data/batch.hpp>
 #include <rectrain/loss/multi_task.hpp>
+#include <rectrain/nn/composite.hpp>
 #include <rectrain/nn/head.hpp>
 #include <rectrain/nn/mlp.hpp>
 #include <rectrain/nn/tower.hpp>
@@ -126,12 +127,11 @@ class RankerImpl : public torch::nn::Cloneable<RankerImpl> {
 
   std::shared_ptr<torch::nn::Module> clone(
       const compat::optional<torch::Device>& device = compat::nullopt) const override {
-    auto copy = std::make_shared<RankerImpl>(detail::clone_tower(user_tower, device),
-                                             detail::clone_tower(item_tower, device), options);
-    copy->mlp = copy->replace_module("mlp", Mlp(std::dynamic_pointer_cast<MlpImpl>(mlp->clone(device))));
+    auto copy = std::make_shared<RankerImpl>(detail::clone_module(user_tower, device),
+                                             detail::clone_module(item_tower, device), options);
+    copy->mlp = copy->replace_module("mlp", detail::clone_module(mlp, device));
     for (const auto& e : entries_) copy->add_head_module(e.name, e.module->clone(device), e.weight);
-    copy->task_loss = copy->replace_module(
-        "task_loss", MultiTaskLoss(std::dynamic_pointer_cast<MultiTaskLossImpl>(task_loss->clone(device))));
+    copy->task_loss = copy->replace_module("task_loss", detail::clone_module(task_loss, device));
     copy->train(is_training());
     return copy;
   }
@@ -160,9 +160,8 @@ class RankerImpl : public torch::nn::Cloneable<RankerImpl> {
       names.push_back(e.name);
       weights.push_back(e.weight);
     }
-    auto fresh = MultiTaskLoss(MultiTaskLossOptions(names).weights(weights).weighting(options.weighting()));
-    task_loss = named_children().contains("task_loss") ? replace_module("task_loss", fresh)
-                                                       : register_module("task_loss", fresh);
+    task_loss = detail::register_or_replace(
+        *this, "task_loss", MultiTaskLoss(MultiTaskLossOptions(names).weights(weights).weighting(options.weighting())));
   }
 
   std::vector<Entry> entries_;

@@ -54,7 +54,7 @@ class RegressionHeadImpl : public torch::nn::Cloneable<RegressionHeadImpl>, publ
     const auto elementwise = options.loss() == RegressionLoss::MSE
                                  ? torch::mse_loss(prediction, y, at::Reduction::None)
                                  : torch::huber_loss(prediction, y, at::Reduction::None, options.huber_delta());
-    return detail::masked_mean(elementwise, batch.mask);
+    return masked_mean(elementwise, batch.mask);
   }
 
   /// A prediction in the label's own units.

@@ -13,6 +13,7 @@
 #include <rectrain/core/compat.hpp>
 #include <rectrain/core/error.hpp>
 #include <rectrain/data/batch.hpp>
+#include <rectrain/nn/composite.hpp>
 #include <rectrain/nn/feature.hpp>
 #include <rectrain/nn/mlp.hpp>
 
@@ -24,24 +25,6 @@
 #include <vector>
 
 namespace rectrain {
-
-namespace detail {
-
-inline void check_module_name(const char* owner, const std::string& name) {
-  if (name.empty() || name.find('.') != std::string::npos)
-    throw Error(detail::concat(owner, ": name '", name, "' must be non-empty and contain no '.'"));
-}
-
-/// Child `name` of `dict` as ModuleType; `what` names it in errors.
-template <typename ModuleType>
-std::shared_ptr<ModuleType> typed_child(const torch::nn::ModuleDict& dict, const std::string& name, const char* what) {
-  if (!dict->contains(name)) throw Error(concat(what, " '", name, "' does not exist"));
-  auto module = std::dynamic_pointer_cast<ModuleType>(dict->operator[](name));
-  if (!module) throw Error(concat(what, " '", name, "' is not of the requested type"));
-  return module;
-}
-
-} // namespace detail
 
 class TowerImpl : public torch::nn::Cloneable<TowerImpl> {
  public:
@@ -87,12 +70,9 @@ class TowerImpl : public torch::nn::Cloneable<TowerImpl> {
     parts.reserve(entries_.size());
     for (const auto& e : entries_) {
       const auto* column = columns.find(e.column);
-      if (!column) {
-        std::string names;
-        for (const auto& k : columns.keys()) names += (names.empty() ? "" : ", ") + k;
+      if (!column)
         throw Error(detail::concat("Tower: no column '", e.column, "' in the batch (columns: ",
-                                   names.empty() ? "none" : names, ")"));
-      }
+                                   detail::join_names(columns.keys()), ")"));
       parts.push_back(e.feature->forward(*column));
       if (parts.back().dim() == 0 || parts.back().size(-1) != e.feature->output_dim())
         throw TensorError(detail::concat("Tower: feature '", e.column, "' returned ", parts.back().sizes(),
@@ -126,7 +106,7 @@ class TowerImpl : public torch::nn::Cloneable<TowerImpl> {
       const compat::optional<torch::Device>& device = compat::nullopt) const override {
     auto copy = std::make_shared<TowerImpl>(blocks);
     for (const auto& e : entries_) copy->add_module(e.column, e.module->clone(device));
-    copy->mlp = copy->replace_module("mlp", Mlp(std::dynamic_pointer_cast<MlpImpl>(mlp->clone(device))));
+    copy->mlp = copy->replace_module("mlp", detail::clone_module(mlp, device));
     copy->train(is_training());
     return copy;
   }
@@ -146,24 +126,12 @@ class TowerImpl : public torch::nn::Cloneable<TowerImpl> {
 
   void rebuild_mlp() {
     // A tower with no features yet gets a placeholder width of 1.
-    auto fresh = Mlp(blocks.with_input(std::max<int64_t>(1, feature_dim())));
-    mlp = is_registered("mlp") ? replace_module("mlp", fresh) : register_module("mlp", fresh);
+    mlp = detail::register_or_replace(*this, "mlp", Mlp(blocks.with_input(std::max<int64_t>(1, feature_dim()))));
   }
-
-  bool is_registered(const std::string& name) const { return named_children().contains(name); }
 
   std::vector<Entry> entries_;
 };
 
 TORCH_MODULE(Tower);
-
-namespace detail {
-
-/// A deep copy of `tower` (on `device`, if given).
-inline Tower clone_tower(const Tower& tower, const compat::optional<torch::Device>& device) {
-  return Tower(std::dynamic_pointer_cast<TowerImpl>(tower->clone(device)));
-}
-
-} // namespace detail
 
 } // namespace rectrain

@@ -7,6 +7,7 @@
 #include <rectrain/core/compat.hpp>
 #include <rectrain/core/error.hpp>
 #include <rectrain/data/batch.hpp>
+#include <rectrain/nn/composite.hpp>
 #include <rectrain/nn/tower.hpp>
 
 #include <torch/torch.h>
@@ -48,8 +49,8 @@ class TwoTowerImpl : public torch::nn::Cloneable<TwoTowerImpl> {
 
   std::shared_ptr<torch::nn::Module> clone(
       const compat::optional<torch::Device>& device = compat::nullopt) const override {
-    auto copy = std::make_shared<TwoTowerImpl>(detail::clone_tower(user_tower, device),
-                                               detail::clone_tower(item_tower, device), options);
+    auto copy = std::make_shared<TwoTowerImpl>(detail::clone_module(user_tower, device),
+                                               detail::clone_module(item_tower, device), options);
     copy->train(is_training());
     return copy;
   }
