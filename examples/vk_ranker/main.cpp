@@ -1,5 +1,7 @@
 // rectrain-vk: the VK RecSys Challenge 2024 recipe, end to end.
-// Subcommands so far: synth, baseline, eval, als, demo.
+// Subcommands: synth, baseline, als, train, predict, eval, demo.
+
+#include "train.hpp"
 
 #include <rectrain/rectrain.hpp>
 
@@ -15,10 +17,7 @@
 namespace {
 
 using clock_type = std::chrono::steady_clock;
-
-double seconds_since(clock_type::time_point t0) {
-  return std::chrono::duration<double>(clock_type::now() - t0).count();
-}
+using vk::seconds_since;
 
 struct BaselineScores {
   std::string name;
@@ -229,6 +228,54 @@ int main(int argc, char** argv) {
   demo->add_option("--dir", dir, "Keep the synthetic dataset here (default: a temporary directory)");
   demo->add_option("--seed", seed, "Random seed")->capture_default_str();
 
+  vk::TrainRun run;
+  std::string seeds = "1";
+  auto& cfg = run.config;
+  auto* train = app.add_subcommand("train", "Train the recipe's ranker (ALS init, frozen then unfrozen epochs) and "
+                                            "write model, metrics, plot and predictions.csv");
+  train->add_option("--data", run.data, "Dataset directory, or a dataset cache (.pt)")->required()
+      ->check(CLI::ExistingPath);
+  train->add_option("--out", run.out, "Output directory")->required();
+  train->add_option("--device", run.device, "cpu or cuda")->capture_default_str();
+  train->add_option("--seeds", seeds, "Comma-separated seeds: one model each, predictions averaged")
+      ->capture_default_str();
+  train->add_flag("--resume", run.resume, "Continue from the checkpoints in --out");
+  train->add_option("--workers", run.workers, "Batch pipeline threads")->capture_default_str();
+  train->add_option("--frozen-epochs", cfg.frozen_epochs, "Epochs with id embeddings frozen")->capture_default_str();
+  train->add_option("--unfrozen-epochs", cfg.unfrozen_epochs, "Epochs after, everything trained")
+      ->capture_default_str();
+  bool no_freeze = false, no_als = false;
+  train->add_flag("--no-freeze", no_freeze, "Never freeze the id embeddings");
+  train->add_flag("--no-als", no_als, "Random id embeddings instead of ALS factors");
+  train->add_option("--item-factors", cfg.item_factors, "Item-ALS factors / id embedding width (0: from data size)")
+      ->capture_default_str();
+  train->add_option("--source-factors", cfg.source_factors, "Source-ALS factors (0: half the item factors)")
+      ->capture_default_str();
+  train->add_option("--als-iterations", cfg.als_iterations, "ALS iterations")->capture_default_str();
+  train->add_option("--als-regularization", cfg.als_regularization, "ALS lambda")->capture_default_str();
+  train->add_option("--hidden", cfg.hidden, "Widths of the shared MLP")->delimiter(',')->capture_default_str();
+  train->add_option("--dropout", cfg.dropout, "Dropout after each MLP block")->capture_default_str();
+  train->add_option("--normalization", cfg.normalization, "layernorm, batchnorm or none")->capture_default_str();
+  train->add_option("--margin", cfg.margin, "Pairwise margin of the target head")->capture_default_str();
+  train->add_option("--lr", cfg.lr, "Adam learning rate")->capture_default_str();
+  train->add_option("--weight-decay", cfg.weight_decay, "Adam weight decay")->capture_default_str();
+  train->add_option("--group-size", cfg.group_size, "Views per group (the test's 20)")->capture_default_str();
+  train->add_option("--batch-groups", cfg.batch_groups, "Groups per batch (0: from data size)")
+      ->capture_default_str();
+  train->add_option("--clip-grad-norm", cfg.clip_grad_norm, "Clip the gradient norm (0: off)")->capture_default_str();
+  train->add_flag("--bf16", cfg.bf16, "Forward passes under bfloat16 autocast");
+  train->add_option("--holdout-fraction", cfg.holdout_fraction, "Share of eligible users held out for validation")
+      ->capture_default_str();
+  train->add_option("--holdout-users", cfg.holdout_users, "At most this many validation users")
+      ->capture_default_str();
+
+  std::vector<std::string> models;
+  auto* predict = app.add_subcommand("predict", "Score candidates.csv with trained models (their average)");
+  predict->add_option("--data", data, "The dataset the models were trained on")->required()->check(CLI::ExistingPath);
+  predict->add_option("--models", models, "train's --out directory, or model-seed*.pt files")->required();
+  predict->add_option("--predictions", predictions, "Where to write predictions")->capture_default_str();
+  predict->add_option("--device", run.device, "cpu or cuda")->capture_default_str();
+
   CLI11_PARSE(app, argc, argv);
   torch::set_num_threads(threads);
   try {
@@ -236,6 +283,20 @@ int main(int argc, char** argv) {
     if (*baseline) return run_baseline(data, predictions, which, seed);
     if (*eval) return run_eval(candidates, predictions);
     if (*als) return run_als(data, out, als_settings, seed);
+    if (*train) {
+      cfg.freeze = !no_freeze;
+      cfg.als = !no_als;
+      run.seeds.clear();
+      for (const auto& s : vk::split(seeds)) {
+        size_t used = 0;
+        const auto value = std::stoull(s, &used);
+        if (used != s.size()) throw rectrain::Error("--seeds: '" + s + "' is not a number");
+        run.seeds.push_back(value);
+      }
+      if (run.seeds.empty()) throw rectrain::Error("--seeds: no seed given");
+      return vk::run_train(run);
+    }
+    if (*predict) return vk::run_predict(data, models, predictions, run.device);
     return run_demo(scale, dir, seed);
   } catch (const std::exception& e) {
     std::fprintf(stderr, "rectrain-vk: error: %s\n", e.what());

@@ -40,3 +40,8 @@
 #include <rectrain/nn/regression_head.hpp>
 #include <rectrain/nn/tower.hpp>
 #include <rectrain/nn/two_tower.hpp>
+#include <rectrain/train/checkpoint.hpp>
+#include <rectrain/train/ensemble.hpp>
+#include <rectrain/train/epoch.hpp>
+#include <rectrain/train/holdout.hpp>
+#include <rectrain/train/scoring.hpp>

@@ -7,10 +7,12 @@
 
 #include <caffe2/serialize/inline_container.h>
 #include <torch/csrc/jit/serialization/unpickler.h>
+#include <ATen/autocast_mode.h>
 
 #include <cstring>
 #include <functional>
 #include <optional>
+#include <stdexcept>
 #include <string>
 
 #define RECTRAIN_TORCH_AT_LEAST(major, minor)                                  \
@@ -31,6 +33,57 @@ template <typename T>
 using optional = c10::optional<T>;
 inline constexpr c10::nullopt_t nullopt = c10::nullopt;
 #endif
+
+/// Runs the ops of its scope under autocast to `dtype` (bf16 or fp16) on
+/// `device`'s kind (CPU or CUDA), restoring the previous state on exit.
+/// Autocast switches moved from per-device functions to ones taking a
+/// DeviceType in LibTorch 2.4.
+class AutocastGuard {
+ public:
+  AutocastGuard(torch::Device device, at::ScalarType dtype) : type_(device.type()) {
+    if (type_ != at::kCPU && type_ != at::kCUDA)
+      throw std::invalid_argument("AutocastGuard: autocast needs a CPU or CUDA device");
+    was_enabled_ = enabled();
+    was_dtype_ = get_dtype();
+    set(true, dtype);
+    at::autocast::increment_nesting();
+  }
+  AutocastGuard(const AutocastGuard&) = delete;
+  AutocastGuard& operator=(const AutocastGuard&) = delete;
+  ~AutocastGuard() {
+    // The cast weights cached for the scope are dropped when the outermost
+    // autocast region ends, as torch.autocast does.
+    if (at::autocast::decrement_nesting() == 0) at::autocast::clear_cache();
+    set(was_enabled_, was_dtype_);
+  }
+
+ private:
+#if RECTRAIN_TORCH_AT_LEAST(2, 4)
+  bool enabled() const { return at::autocast::is_autocast_enabled(type_); }
+  at::ScalarType get_dtype() const { return at::autocast::get_autocast_dtype(type_); }
+  void set(bool on, at::ScalarType dtype) {
+    at::autocast::set_autocast_dtype(type_, dtype);
+    at::autocast::set_autocast_enabled(type_, on);
+  }
+#else
+  bool enabled() const { return type_ == at::kCPU ? at::autocast::is_cpu_enabled() : at::autocast::is_enabled(); }
+  at::ScalarType get_dtype() const {
+    return type_ == at::kCPU ? at::autocast::get_autocast_cpu_dtype() : at::autocast::get_autocast_gpu_dtype();
+  }
+  void set(bool on, at::ScalarType dtype) {
+    if (type_ == at::kCPU) {
+      at::autocast::set_autocast_cpu_dtype(dtype);
+      at::autocast::set_cpu_enabled(on);
+    } else {
+      at::autocast::set_autocast_gpu_dtype(dtype);
+      at::autocast::set_enabled(on);
+    }
+  }
+#endif
+  at::DeviceType type_;
+  bool was_enabled_ = false;
+  at::ScalarType was_dtype_ = at::kBFloat16;
+};
 
 /// A generator of `device`'s kind seeded with `seed`, independent of the
 /// global default generator (so sampling never disturbs user RNG streams).

@@ -57,6 +57,8 @@ class BatchPipeline {
   ~BatchPipeline() { stop(); }
 
   const BatchPipelineOptions& options() const noexcept { return options_; }
+  /// The sampler batches come from.
+  const GroupSampler& sampler() const noexcept { return sampler_; }
 
   /// Changes the worker count (takes effect at the next start_epoch).
   void set_workers(int64_t workers) {

@@ -53,6 +53,19 @@ class Table {
   }
 
   std::vector<std::string> names() const { return columns_.keys(); }
+
+  /// A new table holding `rows` (1-D int64 indices) of every column, in that
+  /// order.
+  Table select(const torch::Tensor& rows) const {
+    if (!rows.defined() || rows.dim() != 1 || rows.scalar_type() != torch::kInt64)
+      throw TensorError(detail::concat("Table::select rows: expected a 1-D int64 tensor, got ", detail::shape_of(rows)));
+    if (rows.numel() > 0 && (rows.min().item<int64_t>() < 0 || rows.max().item<int64_t>() >= num_rows()))
+      throw TensorError(detail::concat("Table::select rows: indices must lie in [0, ", num_rows(), "), got [",
+                                       rows.min().item<int64_t>(), ", ", rows.max().item<int64_t>(), "]"));
+    Table out;
+    for (const auto& column : columns_) out.add(column.key(), column.value().index_select(0, rows));
+    return out;
+  }
   const torch::OrderedDict<std::string, torch::Tensor>& columns() const noexcept {
     return columns_;
   }

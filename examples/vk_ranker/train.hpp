@@ -1,0 +1,322 @@
+#pragma once
+// rectrain-vk train / predict: the whole recipe over one dataset, one model
+// per seed, each with its own validation split, checkpointed every epoch.
+
+#include "recipe.hpp"
+#include "report.hpp"
+
+#include <rectrain/rectrain.hpp>
+
+#include <torch/torch.h>
+
+#include <chrono>
+#include <cstdio>
+#include <filesystem>
+#include <string>
+#include <vector>
+
+namespace vk {
+
+struct TrainRun {
+  std::string data;
+  std::string out;
+  std::string device = "cpu";
+  std::vector<uint64_t> seeds{1};
+  bool resume = false;
+  int64_t workers = 2;
+  RecipeConfig config;
+};
+
+inline double seconds_since(std::chrono::steady_clock::time_point t0) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+}
+
+/// A dataset directory, or a binary cache written by save_dataset_cache.
+inline rectrain::Dataset load_data(const std::string& data) {
+  if (std::filesystem::is_regular_file(data)) return rectrain::load_dataset_cache(data);
+  return rectrain::load_dataset(data);
+}
+
+inline std::string seed_file(const std::string& out, const char* stem, uint64_t seed) {
+  return (std::filesystem::path(out) / (std::string(stem) + "-seed" + std::to_string(seed) + ".pt")).string();
+}
+
+inline std::string join(const std::vector<std::string>& names) {
+  std::string out;
+  for (const auto& n : names) out += (out.empty() ? "" : ",") + n;
+  return out;
+}
+
+inline std::vector<std::string> split(const std::string& s, char separator = ',') {
+  std::vector<std::string> out;
+  std::string part;
+  for (const char c : s + separator) {
+    if (c != separator) {
+      part += c;
+    } else if (!part.empty()) {
+      out.push_back(part);
+      part.clear();
+    }
+  }
+  return out;
+}
+
+/// A trained model as `predict` needs it: the settings and signals it was
+/// built with, the dataset's vocabulary sizes (checked on load) and the
+/// weights.
+struct ModelFile {
+  std::string config;
+  std::string signals;
+  int64_t users = 0, items = 0, sources = 0;
+
+  rectrain::Checkpoint header() {
+    rectrain::Checkpoint c;
+    c.add("config", config).add("signals", signals).add("users", users).add("items", items).add("sources", sources);
+    return c;
+  }
+  void check(const rectrain::Dataset& ds, const std::string& path) const {
+    if (users != ds.num_users() || items != ds.num_items() || sources != ds.num_sources())
+      throw rectrain::Error(rectrain::detail::concat(
+          path, ": trained on a dataset with ", users, " users, ", items, " items and ", sources,
+          " sources, but this one has ", ds.num_users(), ", ", ds.num_items(), " and ", ds.num_sources(),
+          "; predict needs the interactions the model was trained on"));
+  }
+};
+
+/// Target-head scores of every candidates.csv row.
+inline torch::Tensor score_candidates(rectrain::Ranker& model, const rectrain::Dataset& ds, torch::Device device,
+                                      bool bf16) {
+  rectrain::ScoreOptions options;
+  options.device(device);
+  if (bf16) options.autocast(at::kBFloat16);
+  const auto rows = torch::arange(ds.candidates.num_rows()).view({-1, 1});
+  return rectrain::score_groups(model, rectrain::BatchSpec::candidates(ds), rows, options).view(-1);
+}
+
+inline void print_candidate_gauc(const char* what, const rectrain::Dataset& ds, const torch::Tensor& scores) {
+  if (!ds.candidates.contains("target")) return;
+  const auto m = rectrain::gauc(ds.candidates["user_id"], ds.candidates["target"], scores);
+  std::printf("%s: candidates GAUC %.6f over %lld users\n", what, m.value, static_cast<long long>(m.users));
+}
+
+/// Trains one seed's model (or resumes it) and returns its candidate scores.
+/// `log` collects the metrics lines of every seed so far; it is rewritten
+/// into metrics.jsonl after every epoch.
+inline torch::Tensor train_seed(const rectrain::Dataset& ds, const TrainRun& run, uint64_t seed,
+                                std::vector<std::string>& log) {
+  using namespace rectrain;
+  const torch::Device device(run.device);
+  RecipeConfig cfg = run.config;
+  const auto holdout = holdout_last_views(ds, HoldoutOptions()
+                                                  .views(cfg.group_size)
+                                                  .min_views(2 * cfg.group_size)
+                                                  .fraction(cfg.holdout_fraction)
+                                                  .max_users(cfg.holdout_users)
+                                                  .seed(seed));
+  const Dataset train = with_interactions(ds, holdout.train_rows);
+  const auto targets = train.interaction_targets();
+  int64_t groups = 0;
+  {
+    GroupSampler count(train.interactions["user"], targets, GroupSamplerOptions(cfg.group_size).seed(seed));
+    count.set_epoch(0);
+    groups = count.num_groups();
+  }
+  cfg.adapt_to(train, groups);
+  const auto signals = known_signals(train);
+  std::printf("seed %llu: %lld training rows in %lld groups of %lld, %lld per batch; validation: last %lld views of "
+              "%lld users; heads: target,%s\n",
+              static_cast<unsigned long long>(seed), static_cast<long long>(train.num_interactions()),
+              static_cast<long long>(groups), static_cast<long long>(cfg.group_size),
+              static_cast<long long>(cfg.batch_groups), static_cast<long long>(cfg.group_size),
+              static_cast<long long>(holdout.valid_users.numel()), join(signals).c_str());
+
+  torch::manual_seed(seed);
+  auto model = build_model(train, cfg, signals);
+  model->to(device);
+  torch::optim::Adam adam(model->parameters(), torch::optim::AdamOptions(cfg.lr).weight_decay(cfg.weight_decay));
+  GroupSampler sampler(train.interactions["user"], targets,
+                       GroupSamplerOptions(cfg.group_size).batch_size(cfg.batch_groups).seed(seed));
+  BatchPipeline pipeline(BatchSpec::standard(train), sampler,
+                         BatchPipelineOptions().device(device).workers(run.workers));
+
+  std::string config_text = cfg.to_text(), history;
+  int64_t epochs_done = 0;
+  auto cpu_rng = at::globalContext().defaultGenerator(torch::kCPU);
+  Checkpoint state;
+  state.add("config", config_text).add("model", *model).add("adam", adam).add("sampler", sampler);
+  state.add("rng", cpu_rng).add("epochs_done", epochs_done).add("history", history);
+  at::Generator cuda_rng;
+  if (device.is_cuda()) {
+    cuda_rng = at::globalContext().defaultGenerator(device);
+    state.add("cuda_rng", cuda_rng);
+  }
+  const std::string checkpoint = seed_file(run.out, "checkpoint", seed);
+  if (run.resume && std::filesystem::exists(checkpoint)) {
+    state.load(checkpoint);
+    if (config_text != cfg.to_text())
+      throw Error("--resume: " + checkpoint + " was written with other settings:\n" + config_text +
+                  "this run has:\n" + cfg.to_text() + "rerun with the same flags, or without --resume");
+    std::printf("seed %llu: resumed from %s after epoch %lld\n", static_cast<unsigned long long>(seed),
+                checkpoint.c_str(), static_cast<long long>(epochs_done));
+  } else if (cfg.als) {
+    const auto t0 = std::chrono::steady_clock::now();
+    auto options = ImplicitAlsOptions(cfg.item_factors)
+                             .iterations(cfg.als_iterations)
+                             .regularization(cfg.als_regularization)
+                             .seed(seed)
+                             .device(device);
+    const auto items = fit_implicit_als(user_item_matrix(train), options);
+    std::vector<torch::Tensor> user_parts{items.user};
+    if (cfg.source_factors > 0) {
+      const auto sources = fit_implicit_als(user_source_matrix(train), options.factors(cfg.source_factors).seed(seed + 1));
+      user_parts.push_back(sources.user);
+      model->item_tower->feature<CategoricalFeatureImpl>("source")->set_weight(embedding_table(sources.item));
+    }
+    model->user_tower->feature<CategoricalFeatureImpl>("user")->set_weight(embedding_table(user_parts));
+    model->item_tower->feature<CategoricalFeatureImpl>("item")->set_weight(embedding_table(items.item));
+    std::printf("seed %llu: ALS init (%lld + %lld factors) in %.1f s\n", static_cast<unsigned long long>(seed),
+                static_cast<long long>(cfg.item_factors), static_cast<long long>(cfg.source_factors),
+                seconds_since(t0));
+  }
+  for (const auto& line : split(history, '\n')) log.push_back(line);
+
+  // Validation: each held-out user's last views, scored as one group.
+  const auto valid_spec = BatchSpec::standard(ds);
+  const auto valid_flat = holdout.valid_rows.reshape(-1);
+  const auto valid_users = ds.interactions["user"].index_select(0, valid_flat);
+  const auto valid_targets = ds.interaction_targets().index_select(0, valid_flat);
+  ScoreOptions score_options;
+  score_options.device(device);
+  if (cfg.bf16) score_options.autocast(at::kBFloat16);
+
+  ProgressLine progress;
+  TrainEpochOptions epoch_options;
+  epoch_options.clip_grad_norm(cfg.clip_grad_norm).progress_seconds(progress.seconds());
+  if (cfg.bf16) epoch_options.autocast(at::kBFloat16);
+  const auto tables = id_tables(model);
+  for (int64_t epoch = epochs_done; epoch < cfg.epochs(); ++epoch) {
+    const bool frozen = cfg.frozen_in(epoch);
+    for (auto table : tables) frozen ? table->freeze() : table->unfreeze();
+    epoch_options.on_progress([&](const EpochProgress& p) { progress.show(seed, p, frozen); });
+    const auto stats = train_epoch(model, {&adam}, pipeline, epoch, epoch_options);
+    progress.clear();
+    const auto scores = score_groups(model, valid_spec, holdout.valid_rows, score_options).reshape(-1);
+    const auto valid = gauc(valid_users, valid_targets, scores);
+    JsonLine line;
+    line.add("seed", static_cast<int64_t>(seed)).add("epoch", epoch).add("frozen", frozen).add("loss", stats.loss);
+    for (const auto& [head, value] : stats.head_losses) line.add("loss_" + head, value);
+    line.add("valid_gauc", valid.value)
+        .add("valid_users", valid.users)
+        .add("rows", stats.rows)
+        .add("batches", stats.batches)
+        .add("seconds", stats.seconds)
+        .add("rows_per_second", stats.rows_per_second())
+        .add("data_wait_share", stats.data_wait_share());
+    history += line.str() + "\n";
+    log.push_back(line.str());
+    std::printf("seed %llu epoch %lld%s: loss %.5f, valid GAUC %.6f (%lld users), %.0f rows/s, data wait %.1f%%, "
+                "%.1f s\n",
+                static_cast<unsigned long long>(seed), static_cast<long long>(epoch), frozen ? " (frozen)" : "",
+                stats.loss, valid.value, static_cast<long long>(valid.users), stats.rows_per_second(),
+                100 * stats.data_wait_share(), stats.seconds);
+    std::fflush(stdout);
+    epochs_done = epoch + 1;
+    state.save(checkpoint);
+    write_lines((std::filesystem::path(run.out) / "metrics.jsonl").string(), log);
+  }
+  ModelFile file{config_text, join(signals), ds.num_users(), ds.num_items(), ds.num_sources()};
+  auto saved = file.header();
+  saved.add("model", *model);
+  saved.save(seed_file(run.out, "model", seed));
+  return score_candidates(model, ds, device, cfg.bf16);
+}
+
+/// The value of `"key":` in a flat JSON line written by JsonLine (NaN when
+/// absent or null).
+inline double json_number(const std::string& line, const std::string& key) {
+  const auto at = line.find("\"" + key + "\":");
+  if (at == std::string::npos) return std::nan("");
+  const char* start = line.c_str() + at + key.size() + 3;
+  char* end = nullptr;
+  const double v = std::strtod(start, &end);
+  return end == start ? std::nan("") : v;
+}
+
+inline int run_train(const TrainRun& run) {
+  using namespace rectrain;
+  const auto t0 = std::chrono::steady_clock::now();
+  std::printf("rectrain-vk train: rectrain %s, LibTorch %d.%d, %d threads, device %s\n", version_string,
+              TORCH_VERSION_MAJOR, TORCH_VERSION_MINOR, at::get_num_threads(), run.device.c_str());
+  const auto ds = load_data(run.data);
+  std::printf("data: %lld interactions, %lld users, %lld items, %lld sources, %lld candidates (%.1f s)\n",
+              static_cast<long long>(ds.num_interactions()), static_cast<long long>(ds.num_users()),
+              static_cast<long long>(ds.num_items()), static_cast<long long>(ds.num_sources()),
+              static_cast<long long>(ds.candidates.num_rows()), seconds_since(t0));
+  std::filesystem::create_directories(run.out);
+  std::vector<std::string> log;
+  std::vector<torch::Tensor> scores;
+  for (const auto seed : run.seeds) {
+    scores.push_back(train_seed(ds, run, seed, log));
+    if (run.seeds.size() > 1) print_candidate_gauc(("seed " + std::to_string(seed)).c_str(), ds, scores.back());
+  }
+  write_lines((std::filesystem::path(run.out) / "metrics.jsonl").string(), log);
+  std::vector<CurvePoint> curve;
+  for (const auto& line : log)
+    curve.push_back({static_cast<uint64_t>(json_number(line, "seed")), static_cast<int64_t>(json_number(line, "epoch")),
+                     json_number(line, "loss"), json_number(line, "valid_gauc")});
+  const auto png = (std::filesystem::path(run.out) / "learning_curve.png").string();
+  if (plot_learning_curve(png, curve)) std::printf("plot: %s\n", png.c_str());
+  if (ds.candidates.num_rows() > 0) {
+    const auto ensemble = ensemble_scores(scores);
+    const auto path = (std::filesystem::path(run.out) / "predictions.csv").string();
+    write_predictions(path, ds.candidates["user_id"], ds.candidates["item_id"], ensemble);
+    print_candidate_gauc(run.seeds.size() > 1 ? "ensemble" : "model", ds, ensemble);
+    std::printf("wrote %s\n", path.c_str());
+  }
+  std::printf("train: done in %s\n", ProgressLine::duration(seconds_since(t0)).c_str());
+  return 0;
+}
+
+/// Scores candidates.csv with every model-seed*.pt in `models` (or the
+/// files listed) and writes their ensemble.
+inline int run_predict(const std::string& data, const std::vector<std::string>& models, const std::string& predictions,
+                       const std::string& device_name) {
+  using namespace rectrain;
+  const torch::Device device(device_name);
+  const auto ds = load_data(data);
+  if (ds.candidates.num_rows() == 0) throw Error("predict: " + data + " has no candidates to score");
+  std::vector<std::string> files;
+  for (const auto& m : models) {
+    if (!std::filesystem::is_directory(m)) {
+      files.push_back(m);
+      continue;
+    }
+    for (const auto& entry : std::filesystem::directory_iterator(m)) {
+      const auto name = entry.path().filename().string();
+      if (name.rfind("model-seed", 0) == 0 && entry.path().extension() == ".pt") files.push_back(entry.path().string());
+    }
+  }
+  std::sort(files.begin(), files.end());
+  if (files.empty()) throw Error("predict: no model-seed*.pt files found (train writes them into its --out)");
+  std::vector<torch::Tensor> scores;
+  for (const auto& path : files) {
+    ModelFile file;
+    file.header().load(path);
+    file.check(ds, path);
+    const auto cfg = RecipeConfig::from_text(file.config, path);
+    auto model = build_model(ds, cfg, split(file.signals));
+    Checkpoint weights;
+    weights.add("model", *model);
+    weights.load(path);
+    model->to(device);
+    scores.push_back(score_candidates(model, ds, device, cfg.bf16));
+    print_candidate_gauc(path.c_str(), ds, scores.back());
+  }
+  const auto ensemble = ensemble_scores(scores);
+  write_predictions(predictions, ds.candidates["user_id"], ds.candidates["item_id"], ensemble);
+  if (files.size() > 1) print_candidate_gauc("ensemble", ds, ensemble);
+  std::printf("predict: wrote %s from %zu model(s)\n", predictions.c_str(), files.size());
+  return 0;
+}
+
+} // namespace vk

@@ -1,0 +1,176 @@
+#pragma once
+// A training checkpoint: modules, optimizers, samplers, random generators
+// and plain values bound once by name, then saved together (atomically:
+// written to a temporary file and renamed) and loaded back in place.
+//
+//   Checkpoint state;
+//   state.add("model", *model).add("adam", adam).add("sampler", sampler)
+//        .add("rng", generator).add("epoch", epoch);
+//   state.save(path);      // every epoch
+//   state.load(path);      // on resume, into the same objects
+//
+// Not saved: whether a parameter requires grad (torch::save does not keep
+// it); a trainer re-applies its freezing schedule after loading.
+
+#include <rectrain/core/atomic_file.hpp>
+#include <rectrain/core/error.hpp>
+
+#include <torch/torch.h>
+
+#include <cstring>
+#include <functional>
+#include <mutex>
+#include <string>
+#include <sys/stat.h>
+#include <vector>
+
+namespace rectrain {
+
+class Checkpoint {
+ public:
+  /// Format version written into every checkpoint.
+  static constexpr int64_t format_version = 1;
+
+  /// A module's parameters and buffers.
+  Checkpoint& add(const std::string& name, torch::nn::Module& module) {
+    return bind(name, [&module](torch::serialize::OutputArchive& a) { module.save(a); },
+                [&module](torch::serialize::InputArchive& a) { module.load(a); });
+  }
+  /// An optimizer's state (moments, step counts, parameter groups).
+  Checkpoint& add(const std::string& name, torch::optim::Optimizer& optimizer) {
+    return bind(name, [&optimizer](torch::serialize::OutputArchive& a) { optimizer.save(a); },
+                [&optimizer](torch::serialize::InputArchive& a) { optimizer.load(a); });
+  }
+  /// A sampler's progress (GroupSampler: its epoch and position).
+  template <typename BatchRequest>
+  Checkpoint& add(const std::string& name, torch::data::samplers::Sampler<BatchRequest>& sampler) {
+    return bind(name, [&sampler](torch::serialize::OutputArchive& a) { sampler.save(a); },
+                [&sampler](torch::serialize::InputArchive& a) { sampler.load(a); });
+  }
+  /// A random generator's state (for dropout and other random ops: the
+  /// default one is at::globalContext().defaultGenerator(device)).
+  Checkpoint& add(const std::string& name, at::Generator& generator) {
+    return bind(
+        name,
+        [&generator](torch::serialize::OutputArchive& a) {
+          std::lock_guard<std::mutex> lock(generator.mutex());
+          a.write("state", generator.get_state(), /*is_buffer=*/true);
+        },
+        [&generator](torch::serialize::InputArchive& a) {
+          torch::Tensor state;
+          a.read("state", state, /*is_buffer=*/true);
+          std::lock_guard<std::mutex> lock(generator.mutex());
+          generator.set_state(state);
+        });
+  }
+  Checkpoint& add(const std::string& name, int64_t& value) {
+    return bind(name, [&value](torch::serialize::OutputArchive& a) { a.write("value", torch::tensor(value)); },
+                [&value](torch::serialize::InputArchive& a) { value = read_scalar(a).item<int64_t>(); });
+  }
+  Checkpoint& add(const std::string& name, double& value) {
+    return bind(
+        name,
+        [&value](torch::serialize::OutputArchive& a) {
+          a.write("value", torch::tensor(value, torch::TensorOptions().dtype(torch::kFloat64)));
+        },
+        [&value](torch::serialize::InputArchive& a) { value = read_scalar(a).item<double>(); });
+  }
+  /// Any text (a configuration, a metrics history); stored as bytes.
+  Checkpoint& add(const std::string& name, std::string& value) {
+    return bind(
+        name,
+        [&value](torch::serialize::OutputArchive& a) {
+          auto bytes = torch::empty({static_cast<int64_t>(value.size())}, torch::kUInt8);
+          if (!value.empty()) std::memcpy(bytes.data_ptr(), value.data(), value.size());
+          a.write("value", bytes);
+        },
+        [&value](torch::serialize::InputArchive& a) {
+          const auto bytes = read_scalar(a).contiguous();
+          if (bytes.scalar_type() != torch::kUInt8 || bytes.dim() != 1)
+            throw Error(detail::concat("expected text (1-D uint8), got ", detail::shape_of(bytes)));
+          value.assign(static_cast<const char*>(bytes.data_ptr()), static_cast<size_t>(bytes.numel()));
+        });
+  }
+
+  /// Names bound so far, in order.
+  std::vector<std::string> names() const {
+    std::vector<std::string> out;
+    for (const auto& e : entries_) out.push_back(e.name);
+    return out;
+  }
+
+  /// Writes every bound object to `path` through a temporary file renamed
+  /// over it: a crash leaves the previous checkpoint or none, never half of
+  /// one.
+  void save(const std::string& path) const {
+    torch::serialize::OutputArchive archive;
+    archive.write("rectrain_checkpoint", torch::tensor(format_version));
+    for (const auto& e : entries_) {
+      torch::serialize::OutputArchive part;
+      e.save(part);
+      archive.write(e.name, part);
+    }
+    write_atomically(path, [&](const std::string& temp) { archive.save_to(temp); });
+  }
+
+  /// Loads every bound object from `path`. Errors name the file and the
+  /// entry (a model of another shape, a missing entry, not a checkpoint).
+  /// On an error the objects loaded before it keep their new state.
+  void load(const std::string& path) {
+    struct stat st {};
+    if (::stat(path.c_str(), &st) != 0 || !S_ISREG(st.st_mode))
+      throw Error(detail::concat("checkpoint ", path, ": no such file"));
+    torch::serialize::InputArchive archive;
+    try {
+      archive.load_from(path);
+    } catch (const c10::Error& e) {
+      throw Error(detail::concat("checkpoint ", path, ": not a readable LibTorch archive (",
+                                 e.what_without_backtrace(), ")"));
+    }
+    torch::Tensor version;
+    if (!archive.try_read("rectrain_checkpoint", version) || version.numel() != 1)
+      throw Error(detail::concat("checkpoint ", path, ": not a rectrain checkpoint (no format tag)"));
+    if (version.item<int64_t>() != format_version)
+      throw Error(detail::concat("checkpoint ", path, ": format version ", version.item<int64_t>(),
+                                 ", this build reads version ", format_version));
+    for (auto& e : entries_) {
+      torch::serialize::InputArchive part;
+      if (!archive.try_read(e.name, part))
+        throw Error(detail::concat("checkpoint ", path, ": no entry '", e.name, "'"));
+      try {
+        e.load(part);
+      } catch (const c10::Error& err) {
+        throw Error(detail::concat("checkpoint ", path, ", entry '", e.name, "': ", err.what_without_backtrace()));
+      } catch (const std::exception& err) {
+        throw Error(detail::concat("checkpoint ", path, ", entry '", e.name, "': ", err.what()));
+      }
+    }
+  }
+
+ private:
+  struct Entry {
+    std::string name;
+    std::function<void(torch::serialize::OutputArchive&)> save;
+    std::function<void(torch::serialize::InputArchive&)> load;
+  };
+
+  Checkpoint& bind(const std::string& name, std::function<void(torch::serialize::OutputArchive&)> save,
+                   std::function<void(torch::serialize::InputArchive&)> load) {
+    if (name.empty() || name == "rectrain_checkpoint" || name.find('.') != std::string::npos)
+      throw Error(detail::concat("Checkpoint: invalid entry name '", name, "' (non-empty, no '.')"));
+    for (const auto& e : entries_)
+      if (e.name == name) throw Error(detail::concat("Checkpoint: entry '", name, "' is already bound"));
+    entries_.push_back({name, std::move(save), std::move(load)});
+    return *this;
+  }
+
+  static torch::Tensor read_scalar(torch::serialize::InputArchive& archive) {
+    torch::Tensor t;
+    archive.read("value", t);
+    return t;
+  }
+
+  std::vector<Entry> entries_;
+};
+
+} // namespace rectrain

@@ -1,0 +1,160 @@
+#pragma once
+// One training epoch of a multi-head model (a Ranker, or any module with
+// the same forward / losses / task_loss shape) over a BatchPipeline, with
+// the figures a trainer reports: rows/s, the share of time spent waiting for
+// data, and the mean loss of every head. A loss that stops being finite
+// stops the epoch with an error naming the head and the batch.
+
+#include <rectrain/core/compat.hpp>
+#include <rectrain/core/error.hpp>
+#include <rectrain/data/batch_pipeline.hpp>
+
+#include <torch/torch.h>
+
+#include <chrono>
+#include <functional>
+#include <string>
+#include <utility>
+#include <vector>
+
+namespace rectrain {
+
+/// Where an epoch stands, for progress lines.
+struct EpochProgress {
+  int64_t epoch = 0;
+  int64_t batch = 0;    ///< batches done
+  int64_t batches = 0;  ///< batches in the epoch
+  int64_t rows = 0;     ///< real rows done
+  double seconds = 0;
+  double loss = 0;  ///< mean combined loss so far
+  double rows_per_second() const { return seconds > 0 ? static_cast<double>(rows) / seconds : 0; }
+  double eta_seconds() const {
+    return batch > 0 ? seconds * static_cast<double>(batches - batch) / static_cast<double>(batch) : 0;
+  }
+};
+
+/// What an epoch did.
+struct EpochStats {
+  int64_t epoch = 0;
+  int64_t batches = 0;
+  int64_t rows = 0;
+  double seconds = 0;
+  double wait_seconds = 0;  ///< the training loop waiting for the pipeline
+  double loss = 0;          ///< mean combined loss over batches
+  std::vector<std::pair<std::string, double>> head_losses;  ///< mean per head
+  double rows_per_second() const { return seconds > 0 ? static_cast<double>(rows) / seconds : 0; }
+  double data_wait_share() const { return seconds > 0 ? wait_seconds / seconds : 0; }
+};
+
+struct TrainEpochOptions {
+  /// Clip the global gradient norm to this value (0: no clipping).
+  TORCH_ARG(double, clip_grad_norm) = 0;
+  /// Run the forward pass under autocast to this type (kBFloat16 on CPU or
+  /// CUDA, kHalf on CUDA); losses are computed in float32.
+  TORCH_ARG(compat::optional<at::ScalarType>, autocast) = compat::nullopt;
+  /// Seconds between on_progress calls (each reads the running loss, one
+  /// device sync).
+  TORCH_ARG(double, progress_seconds) = 1.0;
+  TORCH_ARG(std::function<void(const EpochProgress&)>, on_progress) = nullptr;
+};
+
+namespace detail {
+
+/// Throws when a running loss sum is not finite, naming the head.
+inline void check_finite_losses(const torch::Tensor& sums, const std::vector<std::string>& names, int64_t epoch,
+                                int64_t first_batch, int64_t last_batch) {
+  const auto host = sums.to(torch::kCPU, torch::kFloat64);
+  const double* v = host.data_ptr<double>();
+  for (size_t i = 0; i < names.size(); ++i)
+    if (!std::isfinite(v[i]))
+      throw Error(concat("training diverged: the ", names[i], " loss became ", v[i], " in epoch ", epoch,
+                         " between batches ", first_batch, " and ", last_batch,
+                         "; lower the learning rate, clip gradients (clip_grad_norm), or check the inputs "
+                         "for NaN or infinite values"));
+}
+
+} // namespace detail
+
+/// Trains `model` for one epoch: starts `epoch` in the pipeline, and for
+/// every batch runs forward, the per-head losses, their combination, the
+/// backward pass and a step of every optimizer. `model` is a module holder
+/// (Ranker) whose forward(batch) returns head -> prediction, losses(...)
+/// head -> loss and task_loss combines them.
+template <typename ModelHolder>
+EpochStats train_epoch(ModelHolder& model, const std::vector<torch::optim::Optimizer*>& optimizers,
+                       BatchPipeline& pipeline, int64_t epoch, const TrainEpochOptions& options = {}) {
+  using clock = std::chrono::steady_clock;
+  if (optimizers.empty()) throw Error("train_epoch: no optimizer given");
+  model->train();
+  pipeline.start_epoch(epoch);
+  const auto t0 = clock::now();
+  const auto elapsed = [&] { return std::chrono::duration<double>(clock::now() - t0).count(); };
+  EpochStats stats;
+  stats.epoch = epoch;
+  std::vector<std::string> names;
+  torch::Tensor sums;  // [heads + 1]: every head's loss, then the combined one, summed over batches
+  EpochProgress progress;
+  progress.epoch = epoch;
+  progress.batches = pipeline.sampler().num_batches();
+  double next_report = options.progress_seconds();
+  int64_t checked_batches = 0;
+  std::vector<torch::Tensor> parameters;
+  if (options.clip_grad_norm() > 0) parameters = model->parameters();
+
+  while (auto batch = pipeline.next()) {
+    for (auto* optimizer : optimizers) optimizer->zero_grad();
+    torch::OrderedDict<std::string, torch::Tensor> predictions;
+    if (options.autocast()) {
+      compat::AutocastGuard autocast(batch->mask.device(), *options.autocast());
+      predictions = model->forward(*batch);
+    } else {
+      predictions = model->forward(*batch);
+    }
+    if (options.autocast())
+      for (auto& p : predictions) p.value() = p.value().to(torch::kFloat32);
+    const auto losses = model->losses(predictions, *batch);
+    const auto loss = model->task_loss->forward(losses);
+    loss.backward();
+    if (options.clip_grad_norm() > 0) torch::nn::utils::clip_grad_norm_(parameters, options.clip_grad_norm());
+    for (auto* optimizer : optimizers) optimizer->step();
+
+    {
+      torch::NoGradGuard no_grad;
+      std::vector<torch::Tensor> values;
+      for (const auto& l : losses) values.push_back(l.value().detach().reshape({}).to(torch::kFloat64));
+      values.push_back(loss.detach().reshape({}).to(torch::kFloat64));
+      const auto v = torch::stack(values);
+      if (!sums.defined()) {
+        sums = v;
+        names = losses.keys();
+        names.push_back("combined");
+      } else {
+        sums.add_(v);
+      }
+    }
+    ++stats.batches;
+    if (options.on_progress() && elapsed() >= next_report) {
+      detail::check_finite_losses(sums, names, epoch, checked_batches, stats.batches);
+      checked_batches = stats.batches;
+      progress.batch = stats.batches;
+      progress.rows = pipeline.stats().rows;
+      progress.seconds = elapsed();
+      progress.loss = sums[-1].item<double>() / static_cast<double>(stats.batches);
+      options.on_progress()(progress);
+      next_report = progress.seconds + options.progress_seconds();
+    }
+  }
+  stats.seconds = elapsed();
+  const auto pipe = pipeline.stats();
+  stats.rows = pipe.rows;
+  stats.wait_seconds = pipe.wait_seconds;
+  if (stats.batches == 0) return stats;
+  detail::check_finite_losses(sums, names, epoch, checked_batches, stats.batches);
+  const auto host = sums.to(torch::kCPU) / static_cast<double>(stats.batches);
+  for (size_t i = 0; i + 1 < names.size(); ++i)
+    stats.head_losses.emplace_back(names[i], host[static_cast<int64_t>(i)].item<double>());
+  stats.loss = host[-1].item<double>();
+  return stats;
+}
+
+} // namespace rectrain
