@@ -12,7 +12,9 @@
 #include <cstdlib>
 #include <functional>
 #include <filesystem>
+#include <cstdio>
 #include <fstream>
+#include <memory>
 #include <string>
 
 namespace rectrain_test {
@@ -48,6 +50,15 @@ inline void write_file(const std::string& path, const std::string& text) {
 inline std::string read_file(const std::string& path) {
   std::ifstream in(path, std::ios::binary);
   return std::string((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+}
+
+/// Runs a shell command; its stdout and stderr together.
+inline std::string run_command(const std::string& command) {
+  std::string out;
+  std::unique_ptr<FILE, int (*)(FILE*)> pipe(popen((command + " 2>&1").c_str(), "r"), pclose);
+  char buf[4096];
+  while (pipe && fgets(buf, sizeof buf, pipe.get())) out += buf;
+  return out;
 }
 
 /// ../shared/data/<name> beside the source tree, or "" when absent.

@@ -12,6 +12,7 @@
 using namespace rectrain;
 using rectrain_test::i64;
 using rectrain_test::TempDir;
+using rectrain_test::run_command;
 using rectrain_test::write_file;
 
 namespace {
@@ -37,14 +38,6 @@ double dcg(const std::vector<double>& rel_in_order, int64_t k) {
   double out = 0;
   for (int64_t p = 0; p < static_cast<int64_t>(rel_in_order.size()) && p < k; ++p)
     out += (std::exp2(rel_in_order[static_cast<size_t>(p)]) - 1) / std::log2(p + 2.0);
-  return out;
-}
-
-std::string run(const std::string& command) {
-  std::string out;
-  std::unique_ptr<FILE, int (*)(FILE*)> pipe(popen((command + " 2>&1").c_str(), "r"), pclose);
-  char buf[4096];
-  while (pipe && fgets(buf, sizeof buf, pipe.get())) out += buf;
   return out;
 }
 
@@ -160,18 +153,18 @@ TEST_CASE("rectrain-vk eval and baseline", "[metrics][cli]") {
   write_file(dir.file("candidates.csv"), "user_id,item_id,target\n1,10,1\n1,11,0\n1,12,-1\n2,10,0\n2,13,0\n");
   write_file(dir.file("predictions.csv"), "user_id,item_id,predict\n2,13,0.1\n1,12,0.3\n1,11,0.2\n1,10,0.9\n2,10,0.5\n");
   // User 1: pairs (10>11 ok, 10>12 ok, 11>12 wrong) = 2/3; user 2 skipped.
-  CHECK(run(vk + " eval --candidates " + dir.file("candidates.csv") + " --predictions " +
+  CHECK(run_command(vk + " eval --candidates " + dir.file("candidates.csv") + " --predictions " +
             dir.file("predictions.csv")) == "GAUC 0.666667 users 1\n");
   write_file(dir.file("predictions.csv"), "user_id,item_id,predict\n1,10,0.9\n");
-  const std::string missing = run("{ " + vk + " eval --candidates " + dir.file("candidates.csv") +
+  const std::string missing = run_command("{ " + vk + " eval --candidates " + dir.file("candidates.csv") +
                                   " --predictions " + dir.file("predictions.csv") + " 2>&1; echo rc=$?; }");
   CHECK_THAT(missing, Catch::Contains("no prediction for candidate") && Catch::Contains("rc=1"));
 
   const std::string data = dir.file("synth");
-  CHECK_THAT(run(vk + " synth --scale 0.002 --seed 5 --out " + data), Catch::Contains("synth: 367 users"));
-  const std::string out = run(vk + " baseline --data " + data + " --predictions " + dir.file("pred.csv"));
+  CHECK_THAT(run_command(vk + " synth --scale 0.002 --seed 5 --out " + data), Catch::Contains("synth: 367 users"));
+  const std::string out = run_command(vk + " baseline --data " + data + " --predictions " + dir.file("pred.csv"));
   CHECK_THAT(out, Catch::Contains("random") && Catch::Contains("popularity") && Catch::Contains("like_rate"));
-  const std::string eval = run(vk + " eval --candidates " + data + "/candidates.csv --predictions " + dir.file("pred.csv"));
+  const std::string eval = run_command(vk + " eval --candidates " + data + "/candidates.csv --predictions " + dir.file("pred.csv"));
   // The written file is the like-rate baseline: eval reproduces its line.
   const auto at = out.find("like_rate");
   REQUIRE(at != std::string::npos);

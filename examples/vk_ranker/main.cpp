@@ -240,6 +240,8 @@ int main(int argc, char** argv) {
   train->add_option("--seeds", seeds, "Comma-separated seeds: one model each, predictions averaged")
       ->capture_default_str();
   train->add_flag("--resume", run.resume, "Continue from the checkpoints in --out");
+  train->add_option("--stop-after", run.stop_after, "Stop after this many epochs (0: never); continue with --resume")
+      ->capture_default_str();
   train->add_option("--workers", run.workers, "Batch pipeline threads")->capture_default_str();
   train->add_option("--frozen-epochs", cfg.frozen_epochs, "Epochs with id embeddings frozen")->capture_default_str();
   train->add_option("--unfrozen-epochs", cfg.unfrozen_epochs, "Epochs after, everything trained")

@@ -23,6 +23,9 @@ struct TrainRun {
   std::string device = "cpu";
   std::vector<uint64_t> seeds{1};
   bool resume = false;
+  /// Stop after this many epochs trained by this run (0: never); --resume
+  /// continues. For jobs cut into time slices, and for testing resume.
+  int64_t stop_after = 0;
   int64_t workers = 2;
   RecipeConfig config;
 };
@@ -99,11 +102,13 @@ inline void print_candidate_gauc(const char* what, const rectrain::Dataset& ds, 
   std::printf("%s: candidates GAUC %.6f over %lld users\n", what, m.value, static_cast<long long>(m.users));
 }
 
-/// Trains one seed's model (or resumes it) and returns its candidate scores.
-/// `log` collects the metrics lines of every seed so far; it is rewritten
-/// into metrics.jsonl after every epoch.
+/// Trains one seed's model (or resumes it) and returns its candidate scores,
+/// or an undefined tensor when `epoch_budget` (epochs this run may still
+/// train; negative: no limit) ran out first. `log` collects the metrics
+/// lines of every seed so far; it is rewritten into metrics.jsonl after
+/// every epoch.
 inline torch::Tensor train_seed(const rectrain::Dataset& ds, const TrainRun& run, uint64_t seed,
-                                std::vector<std::string>& log) {
+                                std::vector<std::string>& log, int64_t& epoch_budget) {
   using namespace rectrain;
   const torch::Device device(run.device);
   RecipeConfig cfg = run.config;
@@ -152,10 +157,14 @@ inline torch::Tensor train_seed(const rectrain::Dataset& ds, const TrainRun& run
   }
   const std::string checkpoint = seed_file(run.out, "checkpoint", seed);
   if (run.resume && std::filesystem::exists(checkpoint)) {
+    // Settings first: a model of other sizes would fail to load less clearly.
+    std::string saved_config;
+    Checkpoint settings;
+    settings.add("config", saved_config).load(checkpoint);
+    if (saved_config != config_text)
+      throw Error("--resume: " + checkpoint + " was written with other settings:\n" + saved_config +
+                  "this run has:\n" + config_text + "rerun with the same flags, or without --resume");
     state.load(checkpoint);
-    if (config_text != cfg.to_text())
-      throw Error("--resume: " + checkpoint + " was written with other settings:\n" + config_text +
-                  "this run has:\n" + cfg.to_text() + "rerun with the same flags, or without --resume");
     std::printf("seed %llu: resumed from %s after epoch %lld\n", static_cast<unsigned long long>(seed),
                 checkpoint.c_str(), static_cast<long long>(epochs_done));
   } else if (cfg.als) {
@@ -195,6 +204,8 @@ inline torch::Tensor train_seed(const rectrain::Dataset& ds, const TrainRun& run
   if (cfg.bf16) epoch_options.autocast(at::kBFloat16);
   const auto tables = id_tables(model);
   for (int64_t epoch = epochs_done; epoch < cfg.epochs(); ++epoch) {
+    if (epoch_budget == 0) return {};
+    --epoch_budget;
     const bool frozen = cfg.frozen_in(epoch);
     for (auto table : tables) frozen ? table->freeze() : table->unfreeze();
     epoch_options.on_progress([&](const EpochProgress& p) { progress.show(seed, p, frozen); });
@@ -255,8 +266,14 @@ inline int run_train(const TrainRun& run) {
   std::filesystem::create_directories(run.out);
   std::vector<std::string> log;
   std::vector<torch::Tensor> scores;
+  int64_t epoch_budget = run.stop_after > 0 ? run.stop_after : -1;
   for (const auto seed : run.seeds) {
-    scores.push_back(train_seed(ds, run, seed, log));
+    scores.push_back(train_seed(ds, run, seed, log, epoch_budget));
+    if (!scores.back().defined()) {
+      std::printf("train: stopped after %lld epochs (--stop-after); continue with --resume\n",
+                  static_cast<long long>(run.stop_after));
+      return 0;
+    }
     if (run.seeds.size() > 1) print_candidate_gauc(("seed " + std::to_string(seed)).c_str(), ds, scores.back());
   }
   write_lines((std::filesystem::path(run.out) / "metrics.jsonl").string(), log);

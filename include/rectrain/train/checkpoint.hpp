@@ -19,6 +19,7 @@
 
 #include <cstring>
 #include <functional>
+#include <map>
 #include <mutex>
 #include <string>
 #include <sys/stat.h>
@@ -31,10 +32,21 @@ class Checkpoint {
   /// Format version written into every checkpoint.
   static constexpr int64_t format_version = 1;
 
-  /// A module's parameters and buffers.
+  /// A module's parameters and buffers. Loading checks that every tensor
+  /// kept its shape (Module::load alone would take any shape).
   Checkpoint& add(const std::string& name, torch::nn::Module& module) {
     return bind(name, [&module](torch::serialize::OutputArchive& a) { module.save(a); },
-                [&module](torch::serialize::InputArchive& a) { module.load(a); });
+                [&module](torch::serialize::InputArchive& a) {
+                  const auto before = tensor_shapes(module);
+                  module.load(a);
+                  for (const auto& [key, shape] : tensor_shapes(module)) {
+                    const auto it = before.find(key);
+                    if (it != before.end() && it->second != shape)
+                      throw Error(detail::concat("'", key, "' is ", at::IntArrayRef(shape), " in the checkpoint but ",
+                                                 at::IntArrayRef(it->second),
+                                                 " in the module (a model built with other sizes)"));
+                  }
+                });
   }
   /// An optimizer's state (moments, step counts, parameter groups).
   Checkpoint& add(const std::string& name, torch::optim::Optimizer& optimizer) {
@@ -162,6 +174,13 @@ class Checkpoint {
       if (e.name == name) throw Error(detail::concat("Checkpoint: entry '", name, "' is already bound"));
     entries_.push_back({name, std::move(save), std::move(load)});
     return *this;
+  }
+
+  static std::map<std::string, std::vector<int64_t>> tensor_shapes(const torch::nn::Module& module) {
+    std::map<std::string, std::vector<int64_t>> out;
+    for (const auto& p : module.named_parameters()) out[p.key()] = p.value().sizes().vec();
+    for (const auto& b : module.named_buffers()) out[b.key()] = b.value().sizes().vec();
+    return out;
   }
 
   static torch::Tensor read_scalar(torch::serialize::InputArchive& archive) {

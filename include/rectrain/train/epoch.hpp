@@ -3,7 +3,9 @@
 // the same forward / losses / task_loss shape) over a BatchPipeline, with
 // the figures a trainer reports: rows/s, the share of time spent waiting for
 // data, and the mean loss of every head. A loss that stops being finite
-// stops the epoch with an error naming the head and the batch.
+// stops the epoch with an error naming the head and the batch (checked
+// after every batch on the CPU; on a GPU at each progress report and at the
+// end of the epoch, to avoid a device sync per batch).
 
 #include <rectrain/core/compat.hpp>
 #include <rectrain/core/error.hpp>
@@ -133,6 +135,12 @@ EpochStats train_epoch(ModelHolder& model, const std::vector<torch::optim::Optim
       }
     }
     ++stats.batches;
+    // On the CPU every batch is checked (no sync to pay), so the error names
+    // the head that failed first, before NaN spreads through shared layers.
+    if (sums.is_cpu()) {
+      detail::check_finite_losses(sums, names, epoch, checked_batches, stats.batches);
+      checked_batches = stats.batches;
+    }
     if (options.on_progress() && elapsed() >= next_report) {
       detail::check_finite_losses(sums, names, epoch, checked_batches, stats.batches);
       checked_batches = stats.batches;

@@ -1,0 +1,350 @@
+// Training components: checkpoints, the validation holdout, the epoch loop,
+// scoring, ensembles, autocast; and rectrain-vk train / predict / --resume.
+
+#include "helpers.hpp"
+
+#include <rectrain/rectrain.hpp>
+
+#include <set>
+
+using namespace rectrain;
+using namespace rectrain_test;
+
+namespace {
+
+/// A small recipe-shaped Ranker with dropout (so the generator matters).
+Ranker small_ranker(const Dataset& ds) {
+  NumericFeature duration(NumericFeatureOptions().scaling(NumericScaling::Log1pZScore));
+  duration->fit(ds.items["duration"]);
+  Tower user;
+  user->add("user", CategoricalFeature(ds.num_users(), 8)).add("gender", CategoricalFeature(3, 2));
+  Tower item;
+  item->add("item", CategoricalFeature(ds.num_items(), 8)).add("duration", duration);
+  Ranker ranker(user, item, RankerOptions(MlpBlocks({16}).normalization(Normalization::LayerNorm).dropout(0.2)));
+  ranker->add_head("target", RankingHead(ranker->hidden_dim())).add_head("like", BinaryHead(ranker->hidden_dim(), "like"));
+  return ranker;
+}
+
+const Dataset& synthetic_dataset() {
+  static TempDir dir;
+  static const Dataset ds = [&] {
+    generate_synthetic(dir.path().string(), SyntheticOptions::at_scale(0.002).seed(9));
+    return load_dataset(dir.path().string());
+  }();
+  return ds;
+}
+
+bool same_parameters(torch::nn::Module& a, torch::nn::Module& b) {
+  const auto pa = a.named_parameters(), pb = b.named_parameters();
+  if (pa.size() != pb.size()) return false;
+  for (const auto& p : pa)
+    if (!torch::equal(p.value(), pb[p.key()])) return false;
+  return true;
+}
+
+/// Everything one training run holds, built the same way every time.
+struct Run {
+  explicit Run(const Dataset& ds)
+      : model((torch::manual_seed(3), small_ranker(ds))),
+        adam(model->parameters(), 1e-2),
+        sampler(ds.interactions["user"], ds.interaction_targets(), GroupSamplerOptions(20).batch_size(16).seed(3)),
+        pipeline(BatchSpec::standard(ds), sampler, BatchPipelineOptions().workers(2)) {
+    state.add("model", *model).add("adam", adam).add("sampler", sampler).add("rng", rng).add("epochs", epochs);
+  }
+  void train(int64_t epoch) {
+    // The tables are frozen in epoch 0, as the recipe's schedule does.
+    for (auto* tower : {&model->user_tower, &model->item_tower})
+      for (const char* column : {"user", "item"})
+        if ((*tower)->features->contains(column)) {
+          auto table = (*tower)->feature<CategoricalFeatureImpl>(column);
+          epoch == 0 ? table->freeze() : table->unfreeze();
+        }
+    train_epoch(model, {&adam}, pipeline, epoch);
+    epochs = epoch + 1;
+  }
+  Ranker model;
+  torch::optim::Adam adam;
+  GroupSampler sampler;
+  BatchPipeline pipeline;
+  at::Generator rng = at::globalContext().defaultGenerator(torch::kCPU);
+  int64_t epochs = 0;
+  Checkpoint state;
+};
+
+} // namespace
+
+TEST_CASE("Checkpoint saves and loads every bound object, atomically", "[train]") {
+  TempDir dir;
+  const auto path = dir.file("state.pt");
+  torch::manual_seed(1);
+  torch::nn::Linear linear(3, 2);
+  torch::optim::Adam adam(linear->parameters(), 0.1);
+  linear->forward(torch::randn({4, 3})).sum().backward();
+  adam.step();
+  GroupSampler sampler(i64({0, 0, 0, 1, 1, 1}), {}, GroupSamplerOptions(2).drop_uniform(false).batch_size(1).seed(4));
+  sampler.set_epoch(2);
+  sampler.next_batch();
+  int64_t count = 7;
+  double rate = 0.25;
+  std::string text = "line one\nline \"two\"\n";
+  auto gen = compat::make_generator(torch::kCPU, 11);
+  Checkpoint state;
+  state.add("linear", *linear).add("adam", adam).add("sampler", sampler).add("count", count).add("rate", rate)
+      .add("text", text).add("gen", gen);
+  CHECK(state.names() == std::vector<std::string>{"linear", "adam", "sampler", "count", "rate", "text", "gen"});
+  state.save(path);
+  for (const auto& entry : fs::directory_iterator(dir.path())) CHECK(entry.path().filename() == "state.pt");
+
+  const auto weight = linear->weight.detach().clone();
+  const auto next_random = torch::rand({3}, gen);
+  torch::optim::Adam scratch(linear->parameters(), 0.1);  // a fresh optimizer must get the moments back
+  {
+    torch::NoGradGuard no_grad;
+    linear->weight.add_(1);
+  }
+  sampler.set_epoch(5);
+  count = 0;
+  rate = 0;
+  text.clear();
+  torch::rand({5}, gen);
+  Checkpoint restored;
+  restored.add("linear", *linear).add("adam", scratch).add("sampler", sampler).add("count", count).add("rate", rate)
+      .add("text", text).add("gen", gen);
+  restored.load(path);
+  CHECK(torch::equal(linear->weight, weight));
+  CHECK(sampler.epoch() == 2);
+  CHECK(sampler.position() == 1);
+  CHECK(count == 7);
+  CHECK(rate == 0.25);
+  CHECK(text == "line one\nline \"two\"\n");
+  CHECK(torch::equal(torch::rand({3}, gen), next_random));
+  // Adam's moments came back: one more identical step from both.
+  const auto& moments = scratch.state();
+  CHECK(moments.size() == 2);
+
+  SECTION("errors name the file and the entry") {
+    Checkpoint other;
+    torch::nn::Linear wider(4, 2);
+    other.add("linear", *wider);
+    CHECK_THROWS_WITH(other.load(path), Catch::Contains(path) && Catch::Contains("entry 'linear'") &&
+                                            Catch::Contains("'weight' is [2, 3] in the checkpoint but [2, 4]"));
+    Checkpoint missing;
+    int64_t x = 0;
+    missing.add("absent", x);
+    CHECK_THROWS_WITH(missing.load(path), Catch::Contains("no entry 'absent'"));
+    write_file(dir.file("junk.pt"), "not an archive");
+    CHECK_THROWS_WITH(missing.load(dir.file("junk.pt")), Catch::Contains("not a readable LibTorch archive"));
+    CHECK_THROWS_WITH(missing.load(dir.file("none.pt")), Catch::Contains("no such file"));
+    torch::serialize::OutputArchive plain;
+    plain.write("absent", torch::tensor(1));
+    plain.save_to(dir.file("plain.pt"));
+    CHECK_THROWS_WITH(missing.load(dir.file("plain.pt")), Catch::Contains("not a rectrain checkpoint"));
+    CHECK_THROWS_WITH(missing.add("absent", x), Catch::Contains("already bound"));
+    CHECK_THROWS_WITH(missing.add("a.b", x), Catch::Contains("invalid entry name"));
+  }
+  SECTION("a failed save leaves the previous checkpoint") {
+    const auto before = read_file(path);
+    Checkpoint failing;
+    failing.add("count", count);
+    CHECK_THROWS(failing.save(dir.file("no-such-dir/state.pt")));
+    CHECK(read_file(path) == before);
+  }
+}
+
+TEST_CASE("holdout_last_views holds out chosen users' last views as groups", "[train]") {
+  const auto& ds = synthetic_dataset();
+  const auto h = holdout_last_views(ds, HoldoutOptions().views(5).min_views(12).fraction(0.2).seed(1));
+  const auto users = ds.interactions["user"];
+  const int64_t n = ds.num_interactions();
+  REQUIRE(h.valid_rows.dim() == 2);
+  REQUIRE(h.valid_rows.size(1) == 5);
+  const auto counts = torch::bincount(users, {}, ds.num_users());
+  const int64_t eligible = (counts >= 12).sum().item<int64_t>();
+  CHECK(h.valid_users.numel() == std::llround(0.2 * static_cast<double>(eligible)));
+  CHECK(h.train_rows.numel() + h.valid_rows.numel() == n);
+  // Disjoint, together every row once.
+  const auto all = std::get<0>(torch::cat({h.train_rows, h.valid_rows.reshape(-1)}).sort());
+  CHECK(torch::equal(all, torch::arange(n)));
+  CHECK(torch::equal(std::get<0>(h.train_rows.sort()), h.train_rows));
+  // Each group: one user's rows, ascending, and nothing later of that user stays in training.
+  const auto train_users = users.index_select(0, h.train_rows);
+  for (int64_t k = 0; k < h.valid_rows.size(0); ++k) {
+    const auto rows = h.valid_rows[k];
+    const int64_t u = h.valid_users[k].item<int64_t>();
+    CHECK((users.index_select(0, rows) == u).all().item<bool>());
+    CHECK((rows.slice(0, 1) > rows.slice(0, 0, -1)).all().item<bool>());
+    CHECK(counts[u].item<int64_t>() >= 12);
+    const auto kept = h.train_rows.masked_select(train_users == u);
+    CHECK(kept.numel() == counts[u].item<int64_t>() - 5);
+    CHECK(kept.max().item<int64_t>() < rows.min().item<int64_t>());
+  }
+  // Same seed, same split; another seed, other users.
+  const auto again = holdout_last_views(ds, HoldoutOptions().views(5).min_views(12).fraction(0.2).seed(1));
+  CHECK(torch::equal(again.valid_rows, h.valid_rows));
+  const auto other = holdout_last_views(ds, HoldoutOptions().views(5).min_views(12).fraction(0.2).seed(2));
+  CHECK_FALSE(torch::equal(other.valid_users, h.valid_users));
+  CHECK(holdout_last_views(ds, HoldoutOptions().views(5).min_views(12).max_users(3)).valid_users.numel() == 3);
+
+  const auto train = with_interactions(ds, h.train_rows);
+  CHECK(train.num_interactions() == h.train_rows.numel());
+  CHECK(torch::equal(train.interactions["item"], ds.interactions["item"].index_select(0, h.train_rows)));
+  CHECK(train.num_users() == ds.num_users());
+
+  CHECK_THROWS_WITH(holdout_last_views(ds, HoldoutOptions().views(5).min_views(5)), Catch::Contains("min_views > views"));
+  CHECK_THROWS_WITH(holdout_last_views(ds, HoldoutOptions().fraction(0)), Catch::Contains("fraction"));
+  CHECK_THROWS_WITH(holdout_last_views(ds, HoldoutOptions().views(20).min_views(1000000)),
+                    Catch::Contains("no user has 1000000 views"));
+  CHECK_THROWS_WITH(ds.interactions.select(i64({0, n})), Catch::Contains("indices must lie in [0, "));
+}
+
+TEST_CASE("train_epoch trains, reports, and a resumed run ends where an uninterrupted one does", "[train]") {
+  const auto& ds = synthetic_dataset();
+  torch::set_num_threads(2);
+  Run straight(ds);
+  std::vector<EpochProgress> seen;
+  TrainEpochOptions options;
+  options.progress_seconds(0).on_progress([&](const EpochProgress& p) { seen.push_back(p); });
+  const auto stats = train_epoch(straight.model, {&straight.adam}, straight.pipeline, 0, options);
+  CHECK(stats.batches == straight.sampler.num_batches());
+  CHECK(stats.rows > 0);
+  int64_t real_rows = 0;
+  straight.sampler.set_epoch(0);
+  while (auto rows = straight.sampler.next_batch()) real_rows += (*rows >= 0).sum().item<int64_t>();
+  CHECK(stats.rows == real_rows);
+  REQUIRE(stats.head_losses.size() == 2);
+  CHECK(stats.head_losses[0].first == "target");
+  CHECK(stats.head_losses[1].first == "like");
+  CHECK(std::isfinite(stats.loss));
+  CHECK(stats.loss == Approx(stats.head_losses[0].second + stats.head_losses[1].second).epsilon(1e-6));
+  CHECK(stats.data_wait_share() >= 0);
+  CHECK(stats.data_wait_share() < 1);
+  REQUIRE(static_cast<int64_t>(seen.size()) == stats.batches);
+  CHECK(seen.back().batch == stats.batches);
+  CHECK(seen.back().rows == stats.rows);
+  CHECK(seen.front().eta_seconds() >= 0);
+
+  // Three epochs straight, against one epoch, a checkpoint, fresh objects
+  // built the same way, a load and two more epochs.
+  TempDir dir;
+  Run a(ds);
+  for (int64_t e = 0; e < 3; ++e) a.train(e);
+  Run b(ds);  // built after a has trained: both start from the same global generator state
+  b.train(0);
+  b.state.save(dir.file("ckpt.pt"));
+  torch::rand({100});  // disturb the global generator: the checkpoint restores it
+  Run resumed(ds);
+  CHECK_FALSE(same_parameters(*resumed.model, *b.model));
+  resumed.state.load(dir.file("ckpt.pt"));
+  CHECK(resumed.epochs == 1);
+  CHECK(same_parameters(*resumed.model, *b.model));
+  for (int64_t e = resumed.epochs; e < 3; ++e) resumed.train(e);
+  CHECK(same_parameters(*resumed.model, *a.model));
+}
+
+TEST_CASE("train_epoch stops on a loss that is no longer finite, naming the head", "[train]") {
+  const auto& ds = synthetic_dataset();
+  Run run(ds);
+  {
+    torch::NoGradGuard no_grad;
+    run.model->heads->named_parameters()["like.linear.bias"].fill_(std::nan(""));
+  }
+  CHECK_THROWS_WITH(train_epoch(run.model, {&run.adam}, run.pipeline, 0),
+                    Catch::Contains("the like loss became nan in epoch 0 between batches 0 and 1") &&
+                        Catch::Contains("lower the learning rate"));
+  CHECK_THROWS_WITH(train_epoch(run.model, {}, run.pipeline, 0), Catch::Contains("no optimizer"));
+}
+
+TEST_CASE("score_groups scores groups in chunks, in eval mode, and restores the mode", "[train]") {
+  const auto& ds = synthetic_dataset();
+  torch::manual_seed(2);
+  auto model = small_ranker(ds);
+  const auto spec = BatchSpec::standard(ds);
+  auto rows = torch::arange(60).view({6, 10});
+  rows[5][9] = -1;
+  model->train();
+  const auto scores = score_groups(model, spec, rows, ScoreOptions().chunk_rows(25));
+  CHECK(model->is_training());
+  model->eval();
+  torch::NoGradGuard no_grad;
+  const auto direct = model->forward(spec.gather(rows))["target"];
+  CHECK(torch::allclose(scores.slice(0, 0, 5), direct.slice(0, 0, 5), 1e-5, 1e-6));
+  CHECK(scores[5][9].item<float>() == 0.0f);
+  CHECK(scores.sizes() == torch::IntArrayRef{6, 10});
+  CHECK_THROWS_WITH(score_groups(model, spec, rows, ScoreOptions().head("watch")),
+                    Catch::Contains("no head 'watch'") && Catch::Contains("target, like"));
+  CHECK_THROWS_WITH(score_groups(model, spec, torch::arange(5)), Catch::Contains("expected [N, G] int64"));
+}
+
+TEST_CASE("ensemble_scores averages standardised scores", "[train]") {
+  const auto a = torch::tensor({1.0, 2.0, 3.0}), b = torch::tensor({30.0, 10.0, 20.0});
+  const auto z = ensemble_scores({a, b});
+  // z(a) = (-1, 0, 1), z(b) = (1, -1, 0): mean (0, -0.5, 0.5).
+  CHECK(torch::allclose(z, torch::tensor({0.0f, -0.5f, 0.5f}), 1e-6, 1e-6));
+  CHECK(torch::allclose(ensemble_scores({a, b}, EnsembleScaling::None), torch::tensor({15.5f, 6.0f, 11.5f})));
+  CHECK(torch::equal(ensemble_scores({a}, EnsembleScaling::None), a.to(torch::kFloat32)));
+  CHECK_THROWS_WITH(ensemble_scores({}), Catch::Contains("no scores"));
+  CHECK_THROWS_WITH(ensemble_scores({a, torch::ones({4})}), Catch::Contains("model 1's scores must be 1-D"));
+  CHECK_THROWS_WITH(ensemble_scores({a, torch::tensor({1.0, std::nan(""), 2.0})}), Catch::Contains("NaN"));
+}
+
+TEST_CASE("AutocastGuard runs matrix products in bfloat16 and restores the previous state", "[train]") {
+  const auto x = torch::randn({4, 8}), w = torch::randn({8, 3});
+  CHECK(torch::mm(x, w).scalar_type() == torch::kFloat32);
+  {
+    compat::AutocastGuard outer(torch::kCPU, at::kBFloat16);
+    CHECK(torch::mm(x, w).scalar_type() == torch::kBFloat16);
+    {
+      compat::AutocastGuard inner(torch::kCPU, at::kBFloat16);
+      CHECK(torch::mm(x, w).scalar_type() == torch::kBFloat16);
+    }
+    CHECK(torch::mm(x, w).scalar_type() == torch::kBFloat16);
+  }
+  CHECK(torch::mm(x, w).scalar_type() == torch::kFloat32);
+  CHECK_THROWS_AS(compat::AutocastGuard(torch::Device(torch::kMeta), at::kBFloat16), std::invalid_argument);
+}
+
+TEST_CASE("rectrain-vk train, predict and --resume", "[train][cli]") {
+  TempDir dir;
+  const std::string vk = std::string(RECTRAIN_VK_BINARY) + " --threads 2";
+  const std::string data = dir.file("data");
+  REQUIRE_THAT(run_command(vk + " synth --scale 0.002 --seed 3 --out " + data), Catch::Contains("synth:"));
+  const std::string flags = " --data " + data + " --frozen-epochs 1 --unfrozen-epochs 1 --hidden 32,16 --seeds 1,2";
+  const auto full = run_command(vk + " train" + flags + " --out " + dir.file("full"));
+  INFO(full);
+  REQUIRE_THAT(full, Catch::Contains("train: done"));
+  CHECK_THAT(full, Catch::Contains("seed 1 epoch 0 (frozen)") && Catch::Contains("seed 2 epoch 1:") &&
+                       Catch::Contains("ensemble: candidates GAUC"));
+  for (const char* file : {"predictions.csv", "metrics.jsonl", "model-seed1.pt", "model-seed2.pt",
+                           "checkpoint-seed1.pt", "learning_curve.dat", "learning_curve.gp"})
+    CHECK(fs::exists(dir.file("full/") + file));
+  const auto log = read_file(dir.file("full/metrics.jsonl"));
+  CHECK(std::count(log.begin(), log.end(), '\n') == 4);
+  CHECK_THAT(log, Catch::Contains("{\"seed\":1,\"epoch\":0,\"frozen\":true,\"loss\":") &&
+                      Catch::Contains("\"valid_gauc\":") && Catch::Contains("\"data_wait_share\":"));
+
+  // Interrupted after 1 and after 2 more epochs, then resumed: the same bytes.
+  const std::string cut = " --out " + dir.file("cut");
+  CHECK_THAT(run_command(vk + " train" + flags + cut + " --stop-after 1"), Catch::Contains("stopped after 1 epochs"));
+  CHECK_FALSE(fs::exists(dir.file("cut/predictions.csv")));
+  CHECK_THAT(run_command(vk + " train" + flags + cut + " --resume --stop-after 2"),
+             Catch::Contains("resumed from") && Catch::Contains("after epoch 1"));
+  const auto resumed = run_command(vk + " train" + flags + cut + " --resume");
+  INFO(resumed);
+  CHECK(read_file(dir.file("cut/predictions.csv")) == read_file(dir.file("full/predictions.csv")));
+  const auto cut_log = read_file(dir.file("cut/metrics.jsonl"));
+  CHECK(std::count(cut_log.begin(), cut_log.end(), '\n') == 4);
+  CHECK_THAT(run_command(vk + " train --data " + data + " --hidden 8 --frozen-epochs 1 --unfrozen-epochs 1 --seeds 1" +
+                         cut + " --resume"),
+             Catch::Contains("other settings") && Catch::Contains("hidden=32,16"));
+
+  // predict rebuilds both models from their files: the same predictions.
+  const auto predicted = run_command(vk + " predict --data " + data + " --models " + dir.file("full") +
+                                     " --predictions " + dir.file("again.csv"));
+  INFO(predicted);
+  CHECK_THAT(predicted, Catch::Contains("from 2 model(s)"));
+  CHECK(read_file(dir.file("again.csv")) == read_file(dir.file("full/predictions.csv")));
+  CHECK_THAT(run_command(vk + " predict --data " + data + " --models " + dir.file("cut/metrics.jsonl")),
+             Catch::Contains("not a readable LibTorch archive"));
+  CHECK_THAT(run_command(vk + " train --help"), Catch::Contains("--no-als") && Catch::Contains("--no-freeze") &&
+                                                   Catch::Contains("--seeds") && Catch::Contains("--resume"));
+}
