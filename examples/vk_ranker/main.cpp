@@ -229,7 +229,7 @@ int main(int argc, char** argv) {
   demo->add_option("--seed", seed, "Random seed")->capture_default_str();
 
   vk::TrainRun run;
-  std::string seeds = "1";
+  std::string seeds = "1,2,3";
   auto& cfg = run.config;
   auto* train = app.add_subcommand("train", "Train the recipe's ranker (ALS init, frozen then unfrozen epochs) and "
                                             "write model, metrics, plot and predictions.csv");
@@ -246,7 +246,8 @@ int main(int argc, char** argv) {
   train->add_option("--frozen-epochs", cfg.frozen_epochs, "Epochs with id embeddings frozen")->capture_default_str();
   train->add_option("--unfrozen-epochs", cfg.unfrozen_epochs, "Epochs after, everything trained")
       ->capture_default_str();
-  bool no_freeze = false, no_als = false;
+  bool no_freeze = false, no_als = false, no_popularity = false;
+  train->add_flag("--no-popularity", no_popularity, "Leave out the item view-count feature");
   train->add_flag("--no-freeze", no_freeze, "Never freeze the id embeddings");
   train->add_flag("--no-als", no_als, "Random id embeddings instead of ALS factors");
   train->add_option("--item-factors", cfg.item_factors, "Item-ALS factors / id embedding width (0: from data size)")
@@ -288,6 +289,7 @@ int main(int argc, char** argv) {
     if (*train) {
       cfg.freeze = !no_freeze;
       cfg.als = !no_als;
+      cfg.popularity = !no_popularity;
       run.seeds.clear();
       for (const auto& s : vk::split(seeds)) {
         size_t used = 0;

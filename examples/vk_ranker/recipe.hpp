@@ -25,6 +25,10 @@ struct RecipeConfig {
   double dropout = 0.1;
   std::string normalization = "layernorm";  ///< layernorm | batchnorm | none
   double margin = 1.0;                      ///< pairwise margin of the target head
+  /// An item feature beside the recipe's: log1p of the item's view count in
+  /// the training interactions (label-free; 0 for items never seen). ALS
+  /// rows are normalised, which removes the popularity their norm carried.
+  bool popularity = true;
   // schedule
   int64_t frozen_epochs = 5;
   int64_t unfrozen_epochs = 1;
@@ -33,7 +37,7 @@ struct RecipeConfig {
   int64_t als_iterations = 15;
   double als_regularization = 0.01;
   // optimisation
-  double lr = 1e-3;
+  double lr = 3e-3;
   double weight_decay = 0;
   int64_t group_size = 20;
   int64_t batch_groups = 0;  ///< groups per batch
@@ -60,7 +64,7 @@ struct RecipeConfig {
     if (source_factors == 0) source_factors = ds.num_sources() > 0 ? std::max<int64_t>(8, item_factors / 2) : 0;
     if (ds.num_sources() == 0) source_factors = 0;
     if (batch_groups == 0)
-      batch_groups = std::clamp<int64_t>(pow2_floor(static_cast<double>(train_groups) / 150.0), 32, 1024);
+      batch_groups = std::clamp<int64_t>(pow2_floor(static_cast<double>(train_groups) / 250.0), 16, 1024);
   }
 
   std::string to_text() const {
@@ -68,7 +72,7 @@ struct RecipeConfig {
     out.precision(17);
     out << "item_factors=" << item_factors << "\nsource_factors=" << source_factors << "\nhidden=";
     for (size_t i = 0; i < hidden.size(); ++i) out << (i ? "," : "") << hidden[i];
-    out << "\ndropout=" << dropout << "\nnormalization=" << normalization << "\nmargin=" << margin
+    out << "\ndropout=" << dropout << "\nnormalization=" << normalization << "\nmargin=" << margin << "\npopularity=" << popularity
         << "\nfrozen_epochs=" << frozen_epochs << "\nunfrozen_epochs=" << unfrozen_epochs << "\nfreeze=" << freeze
         << "\nals=" << als << "\nals_iterations=" << als_iterations << "\nals_regularization=" << als_regularization
         << "\nlr=" << lr << "\nweight_decay=" << weight_decay << "\ngroup_size=" << group_size
@@ -103,6 +107,7 @@ struct RecipeConfig {
     c.dropout = f64("dropout");
     c.normalization = get("normalization");
     c.margin = f64("margin");
+    c.popularity = i64("popularity") != 0;
     c.frozen_epochs = i64("frozen_epochs");
     c.unfrozen_epochs = i64("unfrozen_epochs");
     c.freeze = i64("freeze") != 0;
@@ -163,6 +168,11 @@ inline rectrain::Ranker build_model(const rectrain::Dataset& train, const Recipe
   if (c.source_factors > 0) item->add("source", id_table(train.num_sources(), c.source_factors));
   item->add("duration", duration);
   if (train.embedding_dim() > 0) item->add("item_embedding", DenseFeature(train.embedding_dim()));
+  if (c.popularity) {
+    NumericFeature views(NumericFeatureOptions().scaling(NumericScaling::Log1pZScore));
+    views->fit(item_view_counts(train));
+    item->add("item_views", views);
+  }
   Ranker ranker(user, item,
                 RankerOptions(
                     MlpBlocks(c.hidden).normalization(parse_normalization(c.normalization)).dropout(c.dropout)));
@@ -177,6 +187,15 @@ inline rectrain::Ranker build_model(const rectrain::Dataset& train, const Recipe
       ranker->add_head(s, BinaryHead(h, s));
   }
   return ranker;
+}
+
+/// The batch columns the model reads for `rows` of `users` x `items` (the
+/// standard ones in `spec`): adds item_views, counted over `counted`'s
+/// interactions, when the recipe uses it.
+inline rectrain::BatchSpec with_recipe_columns(rectrain::BatchSpec spec, const RecipeConfig& c,
+                                               const rectrain::Dataset& counted, const torch::Tensor& items) {
+  if (c.popularity) spec.feature("item_views", rectrain::item_view_counts(counted), items);
+  return spec;
 }
 
 /// The id tables the schedule freezes.

@@ -87,13 +87,15 @@ struct ModelFile {
 };
 
 /// Target-head scores of every candidates.csv row.
+/// Candidates are scored with everything known: the whole interactions file.
 inline torch::Tensor score_candidates(rectrain::Ranker& model, const rectrain::Dataset& ds, torch::Device device,
-                                      bool bf16) {
+                                      const RecipeConfig& cfg) {
   rectrain::ScoreOptions options;
   options.device(device);
-  if (bf16) options.autocast(at::kBFloat16);
+  if (cfg.bf16) options.autocast(at::kBFloat16);
   const auto rows = torch::arange(ds.candidates.num_rows()).view({-1, 1});
-  return rectrain::score_groups(model, rectrain::BatchSpec::candidates(ds), rows, options).view(-1);
+  const auto spec = with_recipe_columns(rectrain::BatchSpec::candidates(ds), cfg, ds, ds.candidates["item"]);
+  return rectrain::score_groups(model, spec, rows, options).view(-1);
 }
 
 inline void print_candidate_gauc(const char* what, const rectrain::Dataset& ds, const torch::Tensor& scores) {
@@ -141,7 +143,7 @@ inline torch::Tensor train_seed(const rectrain::Dataset& ds, const TrainRun& run
   torch::optim::Adam adam(model->parameters(), torch::optim::AdamOptions(cfg.lr).weight_decay(cfg.weight_decay));
   GroupSampler sampler(train.interactions["user"], targets,
                        GroupSamplerOptions(cfg.group_size).batch_size(cfg.batch_groups).seed(seed));
-  BatchPipeline pipeline(BatchSpec::standard(train), sampler,
+  BatchPipeline pipeline(with_recipe_columns(BatchSpec::standard(train), cfg, train, train.interactions["item"]), sampler,
                          BatchPipelineOptions().device(device).workers(run.workers));
 
   std::string config_text = cfg.to_text(), history;
@@ -190,7 +192,7 @@ inline torch::Tensor train_seed(const rectrain::Dataset& ds, const TrainRun& run
   for (const auto& line : split(history, '\n')) log.push_back(line);
 
   // Validation: each held-out user's last views, scored as one group.
-  const auto valid_spec = BatchSpec::standard(ds);
+  const auto valid_spec = with_recipe_columns(BatchSpec::standard(ds), cfg, train, ds.interactions["item"]);
   const auto valid_flat = holdout.valid_rows.reshape(-1);
   const auto valid_users = ds.interactions["user"].index_select(0, valid_flat);
   const auto valid_targets = ds.interaction_targets().index_select(0, valid_flat);
@@ -239,7 +241,7 @@ inline torch::Tensor train_seed(const rectrain::Dataset& ds, const TrainRun& run
   auto saved = file.header();
   saved.add("model", *model);
   saved.save(seed_file(run.out, "model", seed));
-  return score_candidates(model, ds, device, cfg.bf16);
+  return score_candidates(model, ds, device, cfg);
 }
 
 /// The value of `"key":` in a flat JSON line written by JsonLine (NaN when
@@ -326,7 +328,7 @@ inline int run_predict(const std::string& data, const std::vector<std::string>& 
     weights.add("model", *model);
     weights.load(path);
     model->to(device);
-    scores.push_back(score_candidates(model, ds, device, cfg.bf16));
+    scores.push_back(score_candidates(model, ds, device, cfg));
     print_candidate_gauc(path.c_str(), ds, scores.back());
   }
   const auto ensemble = ensemble_scores(scores);
