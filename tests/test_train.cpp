@@ -249,7 +249,7 @@ TEST_CASE("train_epoch stops on a loss that is no longer finite, naming the head
     run.model->heads->named_parameters()["like.linear.bias"].fill_(std::nan(""));
   }
   CHECK_THROWS_WITH(train_epoch(run.model, {&run.adam}, run.pipeline, 0),
-                    Catch::Contains("the like loss became nan in epoch 0 between batches 0 and 1") &&
+                    Catch::Contains("the like loss became NaN in epoch 0 between batches 0 and 1") &&
                         Catch::Contains("lower the learning rate"));
   CHECK_THROWS_WITH(train_epoch(run.model, {}, run.pipeline, 0), Catch::Contains("no optimizer"));
 }

@@ -69,7 +69,8 @@ inline void check_finite_losses(const torch::Tensor& sums, const std::vector<std
   const double* v = host.data_ptr<double>();
   for (size_t i = 0; i < names.size(); ++i)
     if (!std::isfinite(v[i]))
-      throw Error(concat("training diverged: the ", names[i], " loss became ", v[i], " in epoch ", epoch,
+      throw Error(concat("training diverged: the ", names[i], " loss became ",
+                         std::isnan(v[i]) ? "NaN" : (v[i] > 0 ? "+inf" : "-inf"), " in epoch ", epoch,
                          " between batches ", first_batch, " and ", last_batch,
                          "; lower the learning rate, clip gradients (clip_grad_norm), or check the inputs "
                          "for NaN or infinite values"));
