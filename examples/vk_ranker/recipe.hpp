@@ -189,9 +189,9 @@ inline rectrain::Ranker build_model(const rectrain::Dataset& train, const Recipe
   return ranker;
 }
 
-/// The batch columns the model reads for `rows` of `users` x `items` (the
-/// standard ones in `spec`): adds item_views, counted over `counted`'s
-/// interactions, when the recipe uses it.
+/// `spec` (the standard columns of some rows, whose items are `items`) plus
+/// the columns only this recipe reads: item_views, counted over `counted`'s
+/// interactions, when the view-count feature is on.
 inline rectrain::BatchSpec with_recipe_columns(rectrain::BatchSpec spec, const RecipeConfig& c,
                                                const rectrain::Dataset& counted, const torch::Tensor& items) {
   if (c.popularity) spec.feature("item_views", rectrain::item_view_counts(counted), items);

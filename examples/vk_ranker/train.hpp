@@ -86,8 +86,8 @@ struct ModelFile {
   }
 };
 
-/// Target-head scores of every candidates.csv row.
-/// Candidates are scored with everything known: the whole interactions file.
+/// Target-head scores of every candidates.csv row, with everything known
+/// (view counts over the whole interactions file).
 inline torch::Tensor score_candidates(rectrain::Ranker& model, const rectrain::Dataset& ds, torch::Device device,
                                       const RecipeConfig& cfg) {
   rectrain::ScoreOptions options;

@@ -85,6 +85,15 @@ class AutocastGuard {
   at::ScalarType was_dtype_ = at::kBFloat16;
 };
 
+/// fn() run under autocast to `dtype` on `device` when `dtype` is set, as
+/// it is otherwise.
+template <typename F>
+auto with_autocast(torch::Device device, const optional<at::ScalarType>& dtype, F&& fn) {
+  std::optional<AutocastGuard> guard;
+  if (dtype) guard.emplace(device, *dtype);
+  return fn();
+}
+
 /// A generator of `device`'s kind seeded with `seed`, independent of the
 /// global default generator (so sampling never disturbs user RNG streams).
 inline at::Generator make_generator(torch::Device device, uint64_t seed) {

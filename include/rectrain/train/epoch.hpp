@@ -106,13 +106,8 @@ EpochStats train_epoch(ModelHolder& model, const std::vector<torch::optim::Optim
 
   while (auto batch = pipeline.next()) {
     for (auto* optimizer : optimizers) optimizer->zero_grad();
-    torch::OrderedDict<std::string, torch::Tensor> predictions;
-    if (options.autocast()) {
-      compat::AutocastGuard autocast(batch->mask.device(), *options.autocast());
-      predictions = model->forward(*batch);
-    } else {
-      predictions = model->forward(*batch);
-    }
+    auto predictions =
+        compat::with_autocast(batch->mask.device(), options.autocast(), [&] { return model->forward(*batch); });
     if (options.autocast())
       for (auto& p : predictions) p.value() = p.value().to(torch::kFloat32);
     const auto losses = model->losses(predictions, *batch);

@@ -42,13 +42,8 @@ torch::Tensor score_groups(ModelHolder& model, const BatchSpec& spec, const torc
   for (int64_t first = 0; first < groups; first += chunk) {
     const auto part = rows.slice(0, first, std::min(groups, first + chunk));
     const auto batch = spec.gather(part).to(options.device());
-    torch::OrderedDict<std::string, torch::Tensor> predictions;
-    if (options.autocast()) {
-      compat::AutocastGuard autocast(options.device(), *options.autocast());
-      predictions = model->forward(batch);
-    } else {
-      predictions = model->forward(batch);
-    }
+    const auto predictions =
+        compat::with_autocast(options.device(), options.autocast(), [&] { return model->forward(batch); });
     const auto* found = predictions.find(options.head());
     if (!found)
       throw Error(detail::concat("score_groups: the model has no head '", options.head(), "' (heads: ",
