@@ -11,7 +11,9 @@
 #include <rectrain/nn/binary_head.hpp>
 #include <rectrain/nn/categorical_feature.hpp>
 #include <rectrain/nn/dense_feature.hpp>
+#include <rectrain/nn/dropout.hpp>
 #include <rectrain/nn/freezing.hpp>
+#include <rectrain/nn/fused_block.hpp>
 #include <rectrain/nn/mlp.hpp>
 #include <rectrain/nn/numeric_feature.hpp>
 #include <rectrain/nn/ranker.hpp>
@@ -227,6 +229,75 @@ TEST_CASE("Mlp blocks: widths, activations, normalisation, dropout", "[nn]") {
   CHECK_THROWS_WITH(Mlp(MlpOptions(6, {8, 0})), Catch::Contains("widths[1] must be > 0"));
   CHECK_THROWS_WITH(Mlp(MlpOptions(6, {8}).dropout(1.0)), Catch::Contains("dropout"));
   CHECK_THROWS_WITH(relu(torch::randn({2, 7})), Catch::Contains("expected input [..., 6], got [2, 7]"));
+}
+
+TEST_CASE("dropout: keep rate, scaling, gradient, seeding, thread count", "[nn]") {
+  const auto x = torch::ones({1000, 1000}, torch::requires_grad());
+  torch::manual_seed(5);
+  const auto y = rectrain::dropout(x, 0.1, true);
+  const double kept = (y != 0).to(torch::kFloat64).mean().item<double>();
+  CHECK(std::abs(kept - 0.9) < 0.002);  // 1M draws: sd 3e-4
+  CHECK(torch::allclose(y.masked_select(y != 0), torch::full({1}, 1 / 0.9)));
+  // Neighbouring elements are independent: no stripes in the mask.
+  const auto k = (y != 0).to(torch::kFloat64);
+  const double both = (k.narrow(1, 0, 999) * k.narrow(1, 1, 999)).mean().item<double>();
+  CHECK(std::abs(both - 0.81) < 0.003);
+  y.sum().backward();
+  CHECK(torch::equal(x.grad(), y.detach()));  // d(x·mask)/dx = mask
+  // Same seed, same mask, whatever the thread count; the next call differs.
+  const int threads = at::get_num_threads();
+  torch::manual_seed(5);
+  at::set_num_threads(1);
+  const auto again = rectrain::dropout(x.detach(), 0.1, true);
+  at::set_num_threads(threads);
+  CHECK(torch::equal(again, y.detach()));
+  CHECK_FALSE(torch::equal(rectrain::dropout(x.detach(), 0.1, true), y.detach()));
+  // Off in eval and at p = 0; other dtypes; bad p.
+  CHECK(rectrain::dropout(x, 0.1, false).is_same(x));
+  CHECK(rectrain::dropout(x, 0.0, true).is_same(x));
+  const auto d = rectrain::dropout(torch::ones({100, 100}, torch::kFloat64), 0.5, true);
+  CHECK(d.scalar_type() == torch::kFloat64);
+  CHECK(std::abs((d != 0).to(torch::kFloat64).mean().item<double>() - 0.5) < 0.03);
+  const auto b = rectrain::dropout(torch::ones({100, 100}, torch::kBFloat16), 0.5, true);
+  CHECK(b.scalar_type() == torch::kBFloat16);
+  CHECK_THROWS_WITH(rectrain::dropout(x, 1.0, true), Catch::Contains("p must be in [0, 1), got 1"));
+  CHECK_THROWS_WITH(rectrain::dropout(x, -0.1, true), Catch::Contains("p must be in [0, 1)"));
+}
+
+TEST_CASE("relu_layer_norm_dropout equals ReLU, LayerNorm and dropout, values and gradients", "[nn]") {
+  torch::manual_seed(11);
+  const int64_t n = 70, d = 48;  // 70 rows: a partial last chunk of 32
+  const auto x0 = torch::randn({n, d});
+  const auto gamma0 = torch::randn({d}), beta0 = torch::randn({d}), g = torch::randn({n, d});
+  for (const double p : {0.0, 0.25}) {
+    auto x1 = x0.clone().requires_grad_(true), gamma1 = gamma0.clone().requires_grad_(true),
+         beta1 = beta0.clone().requires_grad_(true);
+    auto x2 = x0.clone().requires_grad_(true), gamma2 = gamma0.clone().requires_grad_(true),
+         beta2 = beta0.clone().requires_grad_(true);
+    torch::manual_seed(12);
+    const auto fused = relu_layer_norm_dropout(x1, gamma1, beta1, 1e-5, p, true);
+    torch::manual_seed(12);  // the same seed draw: the same mask
+    const auto plain = rectrain::dropout(torch::layer_norm(torch::relu(x2), {d}, gamma2, beta2, 1e-5), p, true);
+    CHECK(torch::allclose(fused, plain, 1e-5, 1e-5));
+    (fused * g).sum().backward();
+    (plain * g).sum().backward();
+    CHECK(torch::allclose(x1.grad(), x2.grad(), 1e-4, 1e-5));
+    CHECK(torch::allclose(gamma1.grad(), gamma2.grad(), 1e-4, 1e-4));
+    CHECK(torch::allclose(beta1.grad(), beta2.grad(), 1e-4, 1e-4));
+  }
+  // Not training: no dropout; bad input is named.
+  CHECK(torch::allclose(relu_layer_norm_dropout(x0, gamma0, beta0, 1e-5, 0.5, false),
+                        torch::layer_norm(torch::relu(x0), {d}, gamma0, beta0, 1e-5), 1e-5, 1e-5));
+  CHECK_THROWS_WITH(relu_layer_norm_dropout(x0.to(torch::kFloat64), gamma0, beta0, 1e-5, 0.1, true),
+                    Catch::Contains("expected float32 CPU x [N, D]"));
+  CHECK_THROWS_WITH(relu_layer_norm_dropout(x0, gamma0.narrow(0, 0, 5), beta0, 1e-5, 0.1, true),
+                    Catch::Contains("[5]"));
+  // Mlp takes the fused path for ReLU + LayerNorm in float32, the plain ops
+  // in float64: the two agree.
+  Mlp mlp(MlpOptions(d, {16, 8}).normalization(Normalization::LayerNorm));
+  const auto y32 = mlp(x0);
+  mlp->to(torch::kFloat64);
+  CHECK(torch::allclose(y32.to(torch::kFloat64), mlp(x0.to(torch::kFloat64)), 1e-4, 1e-4));
 }
 
 TEST_CASE("Mlp BatchNorm takes its statistics from real rows only", "[nn]") {
@@ -464,6 +535,34 @@ TEST_CASE("Ranker composes towers, a shared MLP and heads", "[nn]") {
   CHECK_THROWS_WITH(ranker->add_head("like", BinaryHead(ranker->hidden_dim(), "like")), Catch::Contains("already has a head"));
   Ranker headless(toy_user_tower(), toy_item_tower());
   CHECK_THROWS_WITH(headless(batch), Catch::Contains("no heads"));
+}
+
+TEST_CASE("Ranker scores Linear heads in one product, other heads on their own", "[nn]") {
+  torch::manual_seed(13);
+  Tower user, item;
+  user->add("user", CategoricalFeature(10, 4));
+  item->add("item", CategoricalFeature(12, 4));
+  Ranker ranker(user, item, RankerOptions(MlpBlocks({8})));
+  const auto h = ranker->hidden_dim();
+  ranker->add_head("target", RankingHead(h)).add_head("like", BinaryHead(h, "like"));
+  ranker->add_head("timespent", RegressionHead(RegressionHeadOptions(h, "timespent")));
+  Batch b;
+  b.features.insert("user", torch::randint(0, 10, {3, 5}));
+  b.features.insert("item", torch::randint(0, 12, {3, 5}));
+  b.mask = torch::ones({3, 5}, torch::kBool);
+  const auto out = ranker->forward(b);
+  const auto hidden = ranker->hidden(b);
+  for (const auto& name : ranker->head_names()) {
+    auto* head = dynamic_cast<HeadInterface*>(ranker->heads[name].get());
+    REQUIRE(head->score_layer() != nullptr);
+    CHECK(out[name].sizes() == torch::IntArrayRef({3, 5}));
+    CHECK(torch::allclose(out[name], head->forward(hidden), 1e-5, 1e-6));
+  }
+  // Gradients reach every head's own weights through the shared product.
+  out["like"].sum().backward();
+  CHECK(ranker->head<BinaryHeadImpl>("like")->linear->weight.grad().abs().sum().item<double>() > 0);
+  const auto& untouched = ranker->head<RankingHeadImpl>("target")->linear->weight.grad();
+  CHECK((!untouched.defined() || untouched.abs().sum().item<double>() == 0));
 }
 
 TEST_CASE("Ranker clones deeply and round-trips through torch::save", "[nn]") {

@@ -348,3 +348,29 @@ TEST_CASE("rectrain-vk train, predict and --resume", "[train][cli]") {
   CHECK_THAT(run_command(vk + " train --help"), Catch::Contains("--no-als") && Catch::Contains("--no-freeze") &&
                                                    Catch::Contains("--seeds") && Catch::Contains("--resume"));
 }
+
+TEST_CASE("training_matmuls lists a step's products; frozen inputs need no input gradient", "[train]") {
+  using namespace rectrain;
+  Tower user, item;
+  user->add("user", CategoricalFeature(10, 6));
+  item->add("item", CategoricalFeature(12, 10));
+  Ranker ranker(user, item, RankerOptions(MlpBlocks({8})));
+  ranker->add_head("target", RankingHead(8)).add_head("like", BinaryHead(8, "like"));
+  const int64_t rows = 100;
+  // Trainable tables: the first layer's input gradient too.
+  auto products = training_matmuls(ranker, rows);
+  REQUIRE(products.size() == 9);  // 3 for the MLP layer, 3 per head
+  CHECK(products[0].m == rows);
+  CHECK(products[0].k == 16);
+  CHECK(products[0].n == 8);
+  CHECK(products[1].transposed_left);
+  const double unfrozen = 3 * 2.0 * rows * 16 * 8 + 2 * 3 * 2.0 * rows * 8;
+  CHECK(matmul_flops(products) == Approx(unfrozen));
+  user->feature<CategoricalFeatureImpl>("user")->freeze();
+  item->feature<CategoricalFeatureImpl>("item")->freeze();
+  products = training_matmuls(ranker, rows);
+  CHECK(products.size() == 8);
+  CHECK(matmul_flops(products) == Approx(unfrozen - 2.0 * rows * 16 * 8));
+  CHECK(matmul_gflops(products, torch::kCPU, 2) > 0);
+  CHECK_THROWS_WITH(matmul_gflops({}, torch::kCPU), Catch::Contains("no products"));
+}

@@ -3,12 +3,15 @@
 //          G = 20, beside a naive version that enumerates the valid pairs
 //          with loops and gathers them (the usual hand-written approach), in
 //          the same run, with the values checked equal.
-//  model:  forward + backward of the recipe's full Ranker (user id 256+128,
-//          gender, age; item id 256, source 128, duration, 32-d content
-//          vector; shared MLP 512-256; six heads) per 1,000 rows, with
-//          embeddings frozen, unfrozen with sparse gradients, and unfrozen
-//          with dense ones; the GFLOP/s of its matrix products beside plain
-//          torch::mm GFLOP/s on the same shapes and on a 4096×512×512 GEMM.
+//  model:  one training step (forward, backward, optimizer) of the recipe's
+//          full Ranker (user id 256+128, gender, age; item id 256, source
+//          128, duration, 32-d content vector; shared MLP 512-256 with
+//          LayerNorm and dropout 0.1; six heads) per 1,000 rows, with
+//          embeddings frozen, unfrozen with sparse gradients (SGD for the
+//          tables), and unfrozen with dense ones (Adam for everything); the
+//          GFLOP/s of its matrix products beside plain torch::mm GFLOP/s on
+//          the same shapes (rectrain::training_matmuls) and on a
+//          4096×512×512 GEMM.
 //   model_bench [--part losses|model|all] [--groups 4096] [--model-groups 256]
 //               [--threads T] [--runs R] [--device cpu|cuda] [--scale 1.0] [--trace PREFIX]
 
@@ -138,7 +141,9 @@ rectrain::Ranker recipe_ranker(const ModelShape& shape, bool frozen, bool sparse
       .add("source", table(shape.sources, 128))
       .add("duration", duration)
       .add("item_embedding", DenseFeature(32));
-  Ranker ranker(user, item, RankerOptions(MlpBlocks({512, 256})));
+  // The recipe's shared MLP, as rectrain-vk trains it.
+  Ranker ranker(user, item,
+                RankerOptions(MlpBlocks({512, 256}).normalization(Normalization::LayerNorm).dropout(0.1)));
   const auto h = ranker->hidden_dim();
   ranker->add_head("target", RankingHead(h));
   for (const char* label : {"like", "dislike", "share", "bookmarks"}) ranker->add_head(label, BinaryHead(h, label));
@@ -165,49 +170,6 @@ Batch random_batch(const ModelShape& shape, int64_t groups, torch::Device device
     b.labels.insert(label, (torch::rand({groups, g}) < 0.05).to(torch::kFloat32));
   b.labels.insert("timespent", torch::rand({groups, g}) * 60);
   return b.to(device);
-}
-
-/// FLOPs of the model's matrix products for `rows` rows, forward + backward:
-/// 2·rows·in·out each for the forward product, the weight gradient, and the
-/// input gradient where the input needs one (not the first layer's input
-/// when the embedding tables are frozen).
-double model_flops(const rectrain::Ranker& ranker, int64_t rows, bool input_grad_first) {
-  double flops = 0;
-  bool first = true;
-  for (const auto& linear : ranker->mlp->linears) {
-    const double mn = 2.0 * rows * linear->options.in_features() * linear->options.out_features();
-    flops += mn * ((first && !input_grad_first) ? 2 : 3);
-    first = false;
-  }
-  flops += 3 * 2.0 * rows * ranker->hidden_dim() * static_cast<double>(ranker->head_names().size());
-  return flops;
-}
-
-/// torch::mm GFLOP/s over the same products (forward, weight gradient,
-/// input gradient), each a plain mm of the same shapes.
-double mm_gflops(const rectrain::Ranker& ranker, int64_t rows, bool input_grad_first, int runs, torch::Device device) {
-  struct Product {
-    torch::Tensor a, b;
-  };
-  std::vector<Product> products;
-  bool first = true;
-  auto o = torch::TensorOptions().device(device);
-  for (const auto& linear : ranker->mlp->linears) {
-    const int64_t in = linear->options.in_features(), out = linear->options.out_features();
-    products.push_back({torch::randn({rows, in}, o), torch::randn({in, out}, o)});   // forward
-    products.push_back({torch::randn({out, rows}, o), torch::randn({rows, in}, o)});  // weight gradient
-    if (!first || input_grad_first) products.push_back({torch::randn({rows, out}, o), torch::randn({out, in}, o)});
-    first = false;
-  }
-  double flops = 0;
-  for (const auto& p : products) flops += 2.0 * p.a.size(0) * p.a.size(1) * p.b.size(1);
-  for (int w = 0; w < 2; ++w)
-    for (const auto& p : products) torch::mm(p.a, p.b);
-  const double s = bench::median_seconds(runs, [&] {
-    for (const auto& p : products) torch::mm(p.a, p.b);
-    sync(device);
-  });
-  return flops / s / 1e9;
 }
 
 double square_mm_gflops(int runs, torch::Device device) {
@@ -246,9 +208,23 @@ void run_model(int64_t groups, int runs, torch::Device device, double scale, con
     ranker->to(device);
     std::vector<Batch> batches;
     for (int k = 0; k < 4; ++k) batches.push_back(random_batch(shape, groups, device));
+    // A whole training step: forward, backward, Adam (dense tables) or
+    // Adam + SGD for the sparse tables (LibTorch's Adam takes no sparse
+    // gradients).
+    std::vector<torch::Tensor> dense_params, sparse_params;
+    for (const auto& item : ranker->named_parameters())
+      if (item.value().requires_grad())
+        (mode.sparse && item.key().find("features") != std::string::npos ? sparse_params : dense_params)
+            .push_back(item.value());
+    torch::optim::Adam adam(dense_params, torch::optim::AdamOptions(1e-3));
+    std::unique_ptr<torch::optim::SGD> sgd;
+    if (!sparse_params.empty()) sgd = std::make_unique<torch::optim::SGD>(sparse_params, torch::optim::SGDOptions(0.01));
     auto step = [&](const Batch& b) {
-      for (auto& p : ranker->parameters()) p.mutable_grad().reset();
+      adam.zero_grad();
+      if (sgd) sgd->zero_grad();
       ranker->loss(ranker->forward(b), b).backward();
+      adam.step();
+      if (sgd) sgd->step();
     };
     for (int w = 0; w < 2; ++w) step(batches[static_cast<size_t>(w)]);
     int k = 0;
@@ -260,8 +236,9 @@ void run_model(int64_t groups, int runs, torch::Device device, double scale, con
       torch::autograd::profiler::RecordProfile profile(trace + "." + mode.tag + ".json");
       step(batches[0]);
     }
-    const double flops = model_flops(ranker, rows, !mode.frozen);
-    const double mm = mm_gflops(ranker, rows, !mode.frozen, runs, device);
+    const auto products = rectrain::training_matmuls(ranker, rows);
+    const double flops = rectrain::matmul_flops(products);
+    const double mm = rectrain::matmul_gflops(products, device, runs);
     std::printf("%-22s %12.2f %14.2f %12.1f %14.1f %9.0f%%\n", mode.name, 1e3 * s, 1e6 * s / rows, flops / s / 1e9, mm,
                 100.0 * flops / s / 1e9 / mm);
   }

@@ -190,11 +190,12 @@ inline rectrain::Ranker build_model(const rectrain::Dataset& train, const Recipe
 }
 
 /// `spec` (the standard columns of some rows, whose items are `items`) plus
-/// the columns only this recipe reads: item_views, counted over `counted`'s
-/// interactions, when the view-count feature is on.
+/// the columns only this recipe reads: item_views (`views`, from
+/// item_view_counts over the interactions the model may know of), when the
+/// view-count feature is on.
 inline rectrain::BatchSpec with_recipe_columns(rectrain::BatchSpec spec, const RecipeConfig& c,
-                                               const rectrain::Dataset& counted, const torch::Tensor& items) {
-  if (c.popularity) spec.feature("item_views", rectrain::item_view_counts(counted), items);
+                                               const torch::Tensor& views, const torch::Tensor& items) {
+  if (c.popularity) spec.feature("item_views", views, items);
   return spec;
 }
 

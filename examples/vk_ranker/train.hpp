@@ -88,13 +88,13 @@ struct ModelFile {
 
 /// Target-head scores of every candidates.csv row, with everything known
 /// (view counts over the whole interactions file).
-inline torch::Tensor score_candidates(rectrain::Ranker& model, const rectrain::Dataset& ds, torch::Device device,
-                                      const RecipeConfig& cfg) {
+inline torch::Tensor score_candidates(rectrain::Ranker& model, const rectrain::Dataset& ds, const torch::Tensor& views,
+                                      torch::Device device, const RecipeConfig& cfg) {
   rectrain::ScoreOptions options;
   options.device(device);
   if (cfg.bf16) options.autocast(at::kBFloat16);
   const auto rows = torch::arange(ds.candidates.num_rows()).view({-1, 1});
-  const auto spec = with_recipe_columns(rectrain::BatchSpec::candidates(ds), cfg, ds, ds.candidates["item"]);
+  const auto spec = with_recipe_columns(rectrain::BatchSpec::candidates(ds), cfg, views, ds.candidates["item"]);
   return rectrain::score_groups(model, spec, rows, options).view(-1);
 }
 
@@ -104,23 +104,31 @@ inline void print_candidate_gauc(const char* what, const rectrain::Dataset& ds, 
   std::printf("%s: candidates GAUC %.6f over %lld users\n", what, m.value, static_cast<long long>(m.users));
 }
 
-/// Trains one seed's model (or resumes it) and returns its candidate scores,
-/// or an undefined tensor when `epoch_budget` (epochs this run may still
-/// train; negative: no limit) ran out first. `log` collects the metrics
-/// lines of every seed so far; it is rewritten into metrics.jsonl after
-/// every epoch.
-inline torch::Tensor train_seed(const rectrain::Dataset& ds, const TrainRun& run, uint64_t seed,
+/// Trains one seed's model (or resumes it) on `ds` (taken: its interactions
+/// shrink to the training rows, so the full set is never held twice) and
+/// returns its candidate scores, or an undefined tensor when `epoch_budget`
+/// (epochs this run may still train; negative: no limit) ran out first.
+/// `all_views` are the item view counts over every interaction, for
+/// scoring the candidates. `log` collects the metrics lines of every seed so
+/// far; it is rewritten into metrics.jsonl after every epoch.
+inline torch::Tensor train_seed(rectrain::Dataset ds, const torch::Tensor& all_views, const TrainRun& run, uint64_t seed,
                                 std::vector<std::string>& log, int64_t& epoch_budget) {
   using namespace rectrain;
   const torch::Device device(run.device);
   RecipeConfig cfg = run.config;
-  const auto holdout = holdout_last_views(ds, HoldoutOptions()
-                                                  .views(cfg.group_size)
-                                                  .min_views(2 * cfg.group_size)
-                                                  .fraction(cfg.holdout_fraction)
-                                                  .max_users(cfg.holdout_users)
-                                                  .seed(seed));
-  const Dataset train = with_interactions(ds, holdout.train_rows);
+  auto holdout = holdout_last_views(ds, HoldoutOptions()
+                                            .views(cfg.group_size)
+                                            .min_views(2 * cfg.group_size)
+                                            .fraction(cfg.holdout_fraction)
+                                            .max_users(cfg.holdout_users)
+                                            .seed(seed));
+  // Validation: each held-out user's last views as one group, in a small
+  // dataset of their own; then the interactions shrink to the training rows.
+  const Dataset valid = with_interactions(ds, holdout.valid_rows.reshape(-1));
+  const auto valid_rows = torch::arange(valid.num_interactions()).view(holdout.valid_rows.sizes());
+  Dataset train = std::move(ds);
+  train.interactions = train.interactions.select(holdout.train_rows);
+  holdout.train_rows = torch::Tensor();
   const auto targets = train.interaction_targets();
   int64_t groups = 0;
   {
@@ -130,35 +138,22 @@ inline torch::Tensor train_seed(const rectrain::Dataset& ds, const TrainRun& run
   }
   cfg.adapt_to(train, groups);
   const auto signals = known_signals(train);
+  const auto train_views = item_view_counts(train);
   std::printf("seed %llu: %lld training rows in %lld groups of %lld, %lld per batch; validation: last %lld views of "
               "%lld users; heads: target,%s\n",
               static_cast<unsigned long long>(seed), static_cast<long long>(train.num_interactions()),
               static_cast<long long>(groups), static_cast<long long>(cfg.group_size),
               static_cast<long long>(cfg.batch_groups), static_cast<long long>(cfg.group_size),
               static_cast<long long>(holdout.valid_users.numel()), join(signals).c_str());
+  std::fflush(stdout);
 
   torch::manual_seed(seed);
   auto model = build_model(train, cfg, signals);
   model->to(device);
-  torch::optim::Adam adam(model->parameters(), torch::optim::AdamOptions(cfg.lr).weight_decay(cfg.weight_decay));
-  GroupSampler sampler(train.interactions["user"], targets,
-                       GroupSamplerOptions(cfg.group_size).batch_size(cfg.batch_groups).seed(seed));
-  BatchPipeline pipeline(with_recipe_columns(BatchSpec::standard(train), cfg, train, train.interactions["item"]), sampler,
-                         BatchPipelineOptions().device(device).workers(run.workers));
-
   std::string config_text = cfg.to_text(), history;
-  int64_t epochs_done = 0;
-  auto cpu_rng = at::globalContext().defaultGenerator(torch::kCPU);
-  Checkpoint state;
-  state.add("config", config_text).add("model", *model).add("adam", adam).add("sampler", sampler);
-  state.add("rng", cpu_rng).add("epochs_done", epochs_done).add("history", history);
-  at::Generator cuda_rng;
-  if (device.is_cuda()) {
-    cuda_rng = at::globalContext().defaultGenerator(device);
-    state.add("cuda_rng", cuda_rng);
-  }
   const std::string checkpoint = seed_file(run.out, "checkpoint", seed);
-  if (run.resume && std::filesystem::exists(checkpoint)) {
+  const bool resuming = run.resume && std::filesystem::exists(checkpoint);
+  if (resuming) {
     // Settings first: a model of other sizes would fail to load less clearly.
     std::string saved_config;
     Checkpoint settings;
@@ -166,10 +161,9 @@ inline torch::Tensor train_seed(const rectrain::Dataset& ds, const TrainRun& run
     if (saved_config != config_text)
       throw Error("--resume: " + checkpoint + " was written with other settings:\n" + saved_config +
                   "this run has:\n" + config_text + "rerun with the same flags, or without --resume");
-    state.load(checkpoint);
-    std::printf("seed %llu: resumed from %s after epoch %lld\n", static_cast<unsigned long long>(seed),
-                checkpoint.c_str(), static_cast<long long>(epochs_done));
   } else if (cfg.als) {
+    // Before the sampler and the pipeline exist: ALS's matrices are the
+    // largest temporaries of the run.
     const auto t0 = std::chrono::steady_clock::now();
     auto options = ImplicitAlsOptions(cfg.item_factors)
                              .iterations(cfg.als_iterations)
@@ -188,14 +182,34 @@ inline torch::Tensor train_seed(const rectrain::Dataset& ds, const TrainRun& run
     std::printf("seed %llu: ALS init (%lld + %lld factors) in %.1f s\n", static_cast<unsigned long long>(seed),
                 static_cast<long long>(cfg.item_factors), static_cast<long long>(cfg.source_factors),
                 seconds_since(t0));
+    std::fflush(stdout);
+  }
+
+  torch::optim::Adam adam(model->parameters(), torch::optim::AdamOptions(cfg.lr).weight_decay(cfg.weight_decay));
+  GroupSampler sampler(train.interactions["user"], targets,
+                       GroupSamplerOptions(cfg.group_size).batch_size(cfg.batch_groups).seed(seed));
+  BatchPipeline pipeline(with_recipe_columns(BatchSpec::standard(train), cfg, train_views, train.interactions["item"]),
+                         sampler, BatchPipelineOptions().device(device).workers(run.workers));
+  int64_t epochs_done = 0;
+  auto cpu_rng = at::globalContext().defaultGenerator(torch::kCPU);
+  Checkpoint state;
+  state.add("config", config_text).add("model", *model).add("adam", adam).add("sampler", sampler);
+  state.add("rng", cpu_rng).add("epochs_done", epochs_done).add("history", history);
+  at::Generator cuda_rng;
+  if (device.is_cuda()) {
+    cuda_rng = at::globalContext().defaultGenerator(device);
+    state.add("cuda_rng", cuda_rng);
+  }
+  if (resuming) {
+    state.load(checkpoint);
+    std::printf("seed %llu: resumed from %s after epoch %lld\n", static_cast<unsigned long long>(seed),
+                checkpoint.c_str(), static_cast<long long>(epochs_done));
   }
   for (const auto& line : split(history, '\n')) log.push_back(line);
 
-  // Validation: each held-out user's last views, scored as one group.
-  const auto valid_spec = with_recipe_columns(BatchSpec::standard(ds), cfg, train, ds.interactions["item"]);
-  const auto valid_flat = holdout.valid_rows.reshape(-1);
-  const auto valid_users = ds.interactions["user"].index_select(0, valid_flat);
-  const auto valid_targets = ds.interaction_targets().index_select(0, valid_flat);
+  const auto valid_spec = with_recipe_columns(BatchSpec::standard(valid), cfg, train_views, valid.interactions["item"]);
+  const auto valid_users = valid.interactions["user"];
+  const auto valid_targets = valid.interaction_targets();
   ScoreOptions score_options;
   score_options.device(device);
   if (cfg.bf16) score_options.autocast(at::kBFloat16);
@@ -213,7 +227,13 @@ inline torch::Tensor train_seed(const rectrain::Dataset& ds, const TrainRun& run
     epoch_options.on_progress([&](const EpochProgress& p) { progress.show(seed, p, frozen); });
     const auto stats = train_epoch(model, {&adam}, pipeline, epoch, epoch_options);
     progress.clear();
-    const auto scores = score_groups(model, valid_spec, holdout.valid_rows, score_options).reshape(-1);
+    // The step's matrix products at the rate the epoch ran, beside plain
+    // torch::mm on the same shapes now: the share of the GEMM-bound rate.
+    const int64_t batch_rows = cfg.batch_groups * cfg.group_size;
+    const auto products = training_matmuls(model, batch_rows);
+    const double model_gflops = matmul_flops(products) / static_cast<double>(batch_rows) * stats.rows_per_second() / 1e9;
+    const double mm_gflops = matmul_gflops(products, device);
+    const auto scores = score_groups(model, valid_spec, valid_rows, score_options).reshape(-1);
     const auto valid = gauc(valid_users, valid_targets, scores);
     JsonLine line;
     line.add("seed", static_cast<int64_t>(seed)).add("epoch", epoch).add("frozen", frozen).add("loss", stats.loss);
@@ -224,24 +244,26 @@ inline torch::Tensor train_seed(const rectrain::Dataset& ds, const TrainRun& run
         .add("batches", stats.batches)
         .add("seconds", stats.seconds)
         .add("rows_per_second", stats.rows_per_second())
-        .add("data_wait_share", stats.data_wait_share());
+        .add("data_wait_share", stats.data_wait_share())
+        .add("model_gflops", model_gflops)
+        .add("mm_gflops", mm_gflops);
     history += line.str() + "\n";
     log.push_back(line.str());
     std::printf("seed %llu epoch %lld%s: loss %.5f, valid GAUC %.6f (%lld users), %.0f rows/s, data wait %.1f%%, "
-                "%.1f s\n",
+                "model %.1f GFLOP/s = %.0f%% of torch::mm's %.1f, %.1f s\n",
                 static_cast<unsigned long long>(seed), static_cast<long long>(epoch), frozen ? " (frozen)" : "",
                 stats.loss, valid.value, static_cast<long long>(valid.users), stats.rows_per_second(),
-                100 * stats.data_wait_share(), stats.seconds);
+                100 * stats.data_wait_share(), model_gflops, 100 * model_gflops / mm_gflops, mm_gflops, stats.seconds);
     std::fflush(stdout);
     epochs_done = epoch + 1;
     state.save(checkpoint);
     write_lines((std::filesystem::path(run.out) / "metrics.jsonl").string(), log);
   }
-  ModelFile file{config_text, join(signals), ds.num_users(), ds.num_items(), ds.num_sources()};
+  ModelFile file{config_text, join(signals), train.num_users(), train.num_items(), train.num_sources()};
   auto saved = file.header();
   saved.add("model", *model);
   saved.save(seed_file(run.out, "model", seed));
-  return score_candidates(model, ds, device, cfg);
+  return score_candidates(model, train, all_views, device, cfg);
 }
 
 /// The value of `"key":` in a flat JSON line written by JsonLine (NaN when
@@ -260,7 +282,8 @@ inline int run_train(const TrainRun& run) {
   const auto t0 = std::chrono::steady_clock::now();
   std::printf("rectrain-vk train: rectrain %s, LibTorch %d.%d, %d threads, device %s\n", version_string,
               TORCH_VERSION_MAJOR, TORCH_VERSION_MINOR, at::get_num_threads(), run.device.c_str());
-  const auto ds = load_data(run.data);
+  auto loaded = load_data(run.data);
+  const auto& ds = loaded;
   std::printf("data: %lld interactions, %lld users, %lld items, %lld sources, %lld candidates (%.1f s)\n",
               static_cast<long long>(ds.num_interactions()), static_cast<long long>(ds.num_users()),
               static_cast<long long>(ds.num_items()), static_cast<long long>(ds.num_sources()),
@@ -269,14 +292,22 @@ inline int run_train(const TrainRun& run) {
   std::vector<std::string> log;
   std::vector<torch::Tensor> scores;
   int64_t epoch_budget = run.stop_after > 0 ? run.stop_after : -1;
-  for (const auto seed : run.seeds) {
-    scores.push_back(train_seed(ds, run, seed, log, epoch_budget));
+  const auto all_views = item_view_counts(ds);
+  // What the end needs (ids, candidates, user and item tables) without the
+  // interactions: each seed takes the loaded set and shrinks it, and later
+  // seeds load it again rather than keep a second full copy in memory.
+  Dataset meta = ds;
+  meta.interactions = Table();
+  for (size_t k = 0; k < run.seeds.size(); ++k) {
+    const auto seed = run.seeds[k];
+    scores.push_back(train_seed(k == 0 ? std::move(loaded) : load_data(run.data), all_views, run, seed, log,
+                                epoch_budget));
     if (!scores.back().defined()) {
       std::printf("train: stopped after %lld epochs (--stop-after); continue with --resume\n",
                   static_cast<long long>(run.stop_after));
       return 0;
     }
-    if (run.seeds.size() > 1) print_candidate_gauc(("seed " + std::to_string(seed)).c_str(), ds, scores.back());
+    if (run.seeds.size() > 1) print_candidate_gauc(("seed " + std::to_string(seed)).c_str(), meta, scores.back());
   }
   write_lines((std::filesystem::path(run.out) / "metrics.jsonl").string(), log);
   std::vector<CurvePoint> curve;
@@ -285,11 +316,11 @@ inline int run_train(const TrainRun& run) {
                      json_number(line, "loss"), json_number(line, "valid_gauc")});
   const auto png = (std::filesystem::path(run.out) / "learning_curve.png").string();
   if (plot_learning_curve(png, curve)) std::printf("plot: %s\n", png.c_str());
-  if (ds.candidates.num_rows() > 0) {
+  if (meta.candidates.num_rows() > 0) {
     const auto ensemble = ensemble_scores(scores);
     const auto path = (std::filesystem::path(run.out) / "predictions.csv").string();
-    write_predictions(path, ds.candidates["user_id"], ds.candidates["item_id"], ensemble);
-    print_candidate_gauc(run.seeds.size() > 1 ? "ensemble" : "model", ds, ensemble);
+    write_predictions(path, meta.candidates["user_id"], meta.candidates["item_id"], ensemble);
+    print_candidate_gauc(run.seeds.size() > 1 ? "ensemble" : "model", meta, ensemble);
     std::printf("wrote %s\n", path.c_str());
   }
   std::printf("train: done in %s\n", ProgressLine::duration(seconds_since(t0)).c_str());
@@ -304,6 +335,7 @@ inline int run_predict(const std::string& data, const std::vector<std::string>& 
   const torch::Device device(device_name);
   const auto ds = load_data(data);
   if (ds.candidates.num_rows() == 0) throw Error("predict: " + data + " has no candidates to score");
+  const auto views = item_view_counts(ds);
   std::vector<std::string> files;
   for (const auto& m : models) {
     if (!std::filesystem::is_directory(m)) {
@@ -328,7 +360,7 @@ inline int run_predict(const std::string& data, const std::vector<std::string>& 
     weights.add("model", *model);
     weights.load(path);
     model->to(device);
-    scores.push_back(score_candidates(model, ds, device, cfg));
+    scores.push_back(score_candidates(model, ds, views, device, cfg));
     print_candidate_gauc(path.c_str(), ds, scores.back());
   }
   const auto ensemble = ensemble_scores(scores);

@@ -30,8 +30,10 @@
 #include <rectrain/nn/categorical_feature.hpp>
 #include <rectrain/nn/composite.hpp>
 #include <rectrain/nn/dense_feature.hpp>
+#include <rectrain/nn/dropout.hpp>
 #include <rectrain/nn/feature.hpp>
 #include <rectrain/nn/freezing.hpp>
+#include <rectrain/nn/fused_block.hpp>
 #include <rectrain/nn/head.hpp>
 #include <rectrain/nn/mlp.hpp>
 #include <rectrain/nn/numeric_feature.hpp>
@@ -44,4 +46,5 @@
 #include <rectrain/train/ensemble.hpp>
 #include <rectrain/train/epoch.hpp>
 #include <rectrain/train/holdout.hpp>
+#include <rectrain/train/matmul_flops.hpp>
 #include <rectrain/train/scoring.hpp>

@@ -379,7 +379,10 @@ inline torch::Tensor cache_tensor(const c10::impl::GenericDict& dict, const std:
   return v.toTensor();
 }
 
-inline Table take_table(const c10::impl::GenericDict& dict, const std::string& prefix, const std::string& path) {
+/// `copy`: the columns get memory of their own instead of pointing into the
+/// file's mapping.
+inline Table take_table(const c10::impl::GenericDict& dict, const std::string& prefix, const std::string& path,
+                        bool copy) {
   const c10::IValue names_value = cache_entry(dict, prefix + "#columns", path);  // a copy: GCC 14 warns on a reference
   if (!names_value.isString()) throw InputError(path, 0, 0, "", "dataset cache: bad column list");
   const std::string names = names_value.toStringRef();
@@ -388,7 +391,8 @@ inline Table take_table(const c10::impl::GenericDict& dict, const std::string& p
   while (start < names.size()) {
     const size_t stop = std::min(names.find('\n', start), names.size());
     const std::string name = names.substr(start, stop - start);
-    table.add(name, cache_tensor(dict, prefix + "." + name, path));
+    auto column = cache_tensor(dict, prefix + "." + name, path);
+    table.add(name, copy ? column.clone() : column);
     start = stop + 1;
   }
   return table;
@@ -422,13 +426,16 @@ inline Dataset load_dataset_cache(const std::string& path) {
       format->value().toStringRef() != detail::dataset_cache_format)
     throw InputError(path, 0, 0, "", "not a rectrain dataset cache (or an incompatible version)");
   Dataset ds;
-  ds.user_ids = IdMap::from_sorted_unique(detail::cache_tensor(dict, "user_ids", path));
-  ds.item_ids = IdMap::from_sorted_unique(detail::cache_tensor(dict, "item_ids", path));
-  ds.source_ids = IdMap::from_sorted_unique(detail::cache_tensor(dict, "source_ids", path));
-  ds.interactions = detail::take_table(dict, "interactions", path);
-  ds.users = detail::take_table(dict, "users", path);
-  ds.items = detail::take_table(dict, "items", path);
-  ds.candidates = detail::take_table(dict, "candidates", path);
+  // Only the interactions (nearly all of the file) stay in the mapping; the
+  // rest is copied, so that a program that drops or replaces the
+  // interactions (a training subset, say) releases the whole mapping.
+  ds.user_ids = IdMap::from_sorted_unique(detail::cache_tensor(dict, "user_ids", path).clone());
+  ds.item_ids = IdMap::from_sorted_unique(detail::cache_tensor(dict, "item_ids", path).clone());
+  ds.source_ids = IdMap::from_sorted_unique(detail::cache_tensor(dict, "source_ids", path).clone());
+  ds.interactions = detail::take_table(dict, "interactions", path, /*copy=*/false);
+  ds.users = detail::take_table(dict, "users", path, /*copy=*/true);
+  ds.items = detail::take_table(dict, "items", path, /*copy=*/true);
+  ds.candidates = detail::take_table(dict, "candidates", path, /*copy=*/true);
   return ds;
 }
 

@@ -50,6 +50,7 @@ class BinaryHeadImpl : public torch::nn::Cloneable<BinaryHeadImpl>, public HeadI
   }
 
   int64_t input_dim() const override { return options.input_dim(); }
+  torch::nn::LinearImpl* score_layer() override { return linear.get(); }
 
   void pretty_print(std::ostream& stream) const override {
     stream << "rectrain::BinaryHead(input_dim=" << options.input_dim() << ", label=" << options.label() << ")";

@@ -25,6 +25,11 @@ class HeadInterface {
   virtual torch::Tensor loss(const torch::Tensor& prediction, const Batch& batch) = 0;
   /// Width of the representation forward() takes.
   virtual int64_t input_dim() const = 0;
+  /// The head's Linear(input_dim, 1) when forward() is exactly
+  /// `linear(hidden).squeeze(-1)`, else nullptr (the default). A Ranker
+  /// scores all such heads with one matrix product: a GEMV per head, and
+  /// the sum of their input gradients, cost more than that product.
+  virtual torch::nn::LinearImpl* score_layer() { return nullptr; }
 };
 
 /// Mean of `elementwise` over the true entries of `mask` (0 when none is

@@ -5,6 +5,8 @@
 // real rows only (padded rows of a group would otherwise skew them).
 
 #include <rectrain/core/error.hpp>
+#include <rectrain/nn/dropout.hpp>
+#include <rectrain/nn/fused_block.hpp>
 
 #include <torch/torch.h>
 
@@ -81,6 +83,11 @@ class MlpImpl : public torch::nn::Cloneable<MlpImpl> {
     const auto flat_mask = mask.defined() ? mask.reshape({-1}) : mask;
     for (size_t i = 0; i < linears.size(); ++i) {
       x = linears[i](x);
+      if (fused_tail(x)) {  // the recipe's block, in one pass (fused_block.hpp)
+        const auto& norm = layer_norms[i];
+        x = relu_layer_norm_dropout(x, norm->weight, norm->bias, norm->options.eps(), options.dropout(), is_training());
+        continue;
+      }
       switch (options.activation()) {
         case Activation::ReLU: x = torch::relu(x); break;
         case Activation::GELU: x = torch::gelu(x); break;
@@ -88,7 +95,7 @@ class MlpImpl : public torch::nn::Cloneable<MlpImpl> {
       }
       if (!layer_norms.empty()) x = layer_norms[i](x);
       if (!batch_norms.empty()) x = batch_norm(batch_norms[i], x, flat_mask);
-      if (options.dropout() > 0) x = torch::dropout(x, options.dropout(), is_training());
+      if (options.dropout() > 0) x = rectrain::dropout(x, options.dropout(), is_training());
     }
     auto shape = input.sizes().vec();
     shape.back() = x.size(1);
@@ -109,6 +116,12 @@ class MlpImpl : public torch::nn::Cloneable<MlpImpl> {
   std::vector<torch::nn::BatchNorm1d> batch_norms;
 
  private:
+  /// ReLU -> LayerNorm -> dropout on float32 CPU rows: one fused kernel.
+  bool fused_tail(const torch::Tensor& x) const {
+    return options.activation() == Activation::ReLU && !layer_norms.empty() &&
+           layer_norms[0]->options.elementwise_affine() && x.device().is_cpu() && x.scalar_type() == torch::kFloat;
+  }
+
   /// BatchNorm over [N, width] rows; in training, statistics from the rows
   /// `mask` ([N] bool) marks.
   torch::Tensor batch_norm(torch::nn::BatchNorm1d& norm, const torch::Tensor& rows, const torch::Tensor& mask) const {

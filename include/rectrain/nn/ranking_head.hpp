@@ -41,6 +41,7 @@ class RankingHeadImpl : public torch::nn::Cloneable<RankingHeadImpl>, public Hea
   }
 
   int64_t input_dim() const override { return options.input_dim(); }
+  torch::nn::LinearImpl* score_layer() override { return linear.get(); }
 
   void pretty_print(std::ostream& stream) const override {
     stream << "rectrain::RankingHead(input_dim=" << options.input_dim() << ", label=" << options.label() << ")";

@@ -63,6 +63,7 @@ class RegressionHeadImpl : public torch::nn::Cloneable<RegressionHeadImpl>, publ
   }
 
   int64_t input_dim() const override { return options.input_dim(); }
+  torch::nn::LinearImpl* score_layer() override { return linear.get(); }
 
   void pretty_print(std::ostream& stream) const override {
     stream << "rectrain::RegressionHead(input_dim=" << options.input_dim() << ", label=" << options.label() << ")";
