@@ -264,40 +264,48 @@ TEST_CASE("dropout: keep rate, scaling, gradient, seeding, thread count", "[nn]"
   CHECK_THROWS_WITH(rectrain::dropout(x, -0.1, true), Catch::Contains("p must be in [0, 1)"));
 }
 
-TEST_CASE("relu_layer_norm_dropout equals ReLU, LayerNorm and dropout, values and gradients", "[nn]") {
+TEST_CASE("relu_layer_norm_dropout equals bias, ReLU, LayerNorm and dropout, values and gradients", "[nn]") {
   torch::manual_seed(11);
   const int64_t n = 70, d = 48;  // 70 rows: a partial last chunk of 32
   const auto x0 = torch::randn({n, d});
-  const auto gamma0 = torch::randn({d}), beta0 = torch::randn({d}), g = torch::randn({n, d});
+  const auto bias0 = torch::randn({d}), gamma0 = torch::randn({d}), beta0 = torch::randn({d}), g = torch::randn({n, d});
   for (const double p : {0.0, 0.25}) {
-    auto x1 = x0.clone().requires_grad_(true), gamma1 = gamma0.clone().requires_grad_(true),
-         beta1 = beta0.clone().requires_grad_(true);
-    auto x2 = x0.clone().requires_grad_(true), gamma2 = gamma0.clone().requires_grad_(true),
-         beta2 = beta0.clone().requires_grad_(true);
+    std::vector<torch::Tensor> a, b;  // x, bias, gamma, beta for each side
+    for (const auto& t : {x0, bias0, gamma0, beta0}) {
+      a.push_back(t.clone().requires_grad_(true));
+      b.push_back(t.clone().requires_grad_(true));
+    }
     torch::manual_seed(12);
-    const auto fused = relu_layer_norm_dropout(x1, gamma1, beta1, 1e-5, p, true);
+    const auto fused = relu_layer_norm_dropout(a[0], a[1], a[2], a[3], 1e-5, p, true);
     torch::manual_seed(12);  // the same seed draw: the same mask
-    const auto plain = rectrain::dropout(torch::layer_norm(torch::relu(x2), {d}, gamma2, beta2, 1e-5), p, true);
+    const auto plain = rectrain::dropout(torch::layer_norm(torch::relu(b[0] + b[1]), {d}, b[2], b[3], 1e-5), p, true);
     CHECK(torch::allclose(fused, plain, 1e-5, 1e-5));
     (fused * g).sum().backward();
     (plain * g).sum().backward();
-    CHECK(torch::allclose(x1.grad(), x2.grad(), 1e-4, 1e-5));
-    CHECK(torch::allclose(gamma1.grad(), gamma2.grad(), 1e-4, 1e-4));
-    CHECK(torch::allclose(beta1.grad(), beta2.grad(), 1e-4, 1e-4));
+    for (size_t k = 0; k < a.size(); ++k) {
+      INFO("input " << k << ", p " << p);
+      CHECK(torch::allclose(a[k].grad(), b[k].grad(), 1e-4, 1e-4));
+    }
   }
   // Not training: no dropout; bad input is named.
-  CHECK(torch::allclose(relu_layer_norm_dropout(x0, gamma0, beta0, 1e-5, 0.5, false),
-                        torch::layer_norm(torch::relu(x0), {d}, gamma0, beta0, 1e-5), 1e-5, 1e-5));
-  CHECK_THROWS_WITH(relu_layer_norm_dropout(x0.to(torch::kFloat64), gamma0, beta0, 1e-5, 0.1, true),
+  CHECK(torch::allclose(relu_layer_norm_dropout(x0, bias0, gamma0, beta0, 1e-5, 0.5, false),
+                        torch::layer_norm(torch::relu(x0 + bias0), {d}, gamma0, beta0, 1e-5), 1e-5, 1e-5));
+  CHECK_THROWS_WITH(relu_layer_norm_dropout(x0.to(torch::kFloat64), bias0, gamma0, beta0, 1e-5, 0.1, true),
                     Catch::Contains("expected float32 CPU x [N, D]"));
-  CHECK_THROWS_WITH(relu_layer_norm_dropout(x0, gamma0.narrow(0, 0, 5), beta0, 1e-5, 0.1, true),
+  CHECK_THROWS_WITH(relu_layer_norm_dropout(x0, bias0, gamma0.narrow(0, 0, 5), beta0, 1e-5, 0.1, true),
                     Catch::Contains("[5]"));
   // Mlp takes the fused path for ReLU + LayerNorm in float32, the plain ops
-  // in float64: the two agree.
+  // in float64: the two agree, forward and backward.
   Mlp mlp(MlpOptions(d, {16, 8}).normalization(Normalization::LayerNorm));
+  mlp(x0).pow(2).sum().backward();
+  const auto grad32 = mlp->linears[0]->bias.grad().clone();
   const auto y32 = mlp(x0);
+  for (auto& param : mlp->parameters()) param.mutable_grad().reset();
   mlp->to(torch::kFloat64);
-  CHECK(torch::allclose(y32.to(torch::kFloat64), mlp(x0.to(torch::kFloat64)), 1e-4, 1e-4));
+  const auto y64 = mlp(x0.to(torch::kFloat64));
+  CHECK(torch::allclose(y32.to(torch::kFloat64), y64, 1e-4, 1e-4));
+  y64.pow(2).sum().backward();
+  CHECK(torch::allclose(grad32.to(torch::kFloat64), mlp->linears[0]->bias.grad(), 1e-3, 1e-4));
 }
 
 TEST_CASE("Mlp BatchNorm takes its statistics from real rows only", "[nn]") {

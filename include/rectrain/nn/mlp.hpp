@@ -82,11 +82,18 @@ class MlpImpl : public torch::nn::Cloneable<MlpImpl> {
     auto x = input.reshape({-1, options.input_dim()});
     const auto flat_mask = mask.defined() ? mask.reshape({-1}) : mask;
     for (size_t i = 0; i < linears.size(); ++i) {
-      x = linears[i](x);
-      if (fused_tail(x)) {  // the recipe's block, in one pass (fused_block.hpp)
+      if (fused_block(x)) {  // the recipe's block: mm, then one pass (fused_block.hpp)
+        auto& linear = linears[i];
         const auto& norm = layer_norms[i];
-        x = relu_layer_norm_dropout(x, norm->weight, norm->bias, norm->options.eps(), options.dropout(), is_training());
-        continue;
+        x = torch::mm(x, linear->weight.t());
+        if (x.scalar_type() == torch::kFloat) {
+          x = relu_layer_norm_dropout(x, linear->bias, norm->weight, norm->bias, norm->options.eps(),
+                                      options.dropout(), is_training());
+          continue;
+        }
+        x = x + linear->bias.to(x.scalar_type());  // autocast made it bf16: the plain ops follow
+      } else {
+        x = linears[i](x);
       }
       switch (options.activation()) {
         case Activation::ReLU: x = torch::relu(x); break;
@@ -116,10 +123,12 @@ class MlpImpl : public torch::nn::Cloneable<MlpImpl> {
   std::vector<torch::nn::BatchNorm1d> batch_norms;
 
  private:
-  /// ReLU -> LayerNorm -> dropout on float32 CPU rows: one fused kernel.
-  bool fused_tail(const torch::Tensor& x) const {
+  /// Linear -> ReLU -> LayerNorm -> dropout on float32 CPU rows: an mm,
+  /// then one fused kernel.
+  bool fused_block(const torch::Tensor& x) const {
     return options.activation() == Activation::ReLU && !layer_norms.empty() &&
-           layer_norms[0]->options.elementwise_affine() && x.device().is_cpu() && x.scalar_type() == torch::kFloat;
+           layer_norms[0]->options.elementwise_affine() && linears[0]->options.bias() && x.device().is_cpu() &&
+           x.scalar_type() == torch::kFloat;
   }
 
   /// BatchNorm over [N, width] rows; in training, statistics from the rows

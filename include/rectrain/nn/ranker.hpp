@@ -83,7 +83,16 @@ class RankerImpl : public torch::nn::Cloneable<RankerImpl> {
 
   /// The shared representation [B, G, hidden_dim()].
   torch::Tensor hidden(const Batch& batch) {
-    const auto x = torch::cat({user_tower->forward(batch), item_tower->forward(batch)}, -1);
+    torch::Tensor x;
+    if (user_tower->mlp->linears.empty() && item_tower->mlp->linears.empty()) {
+      // Towers that pass their features through (the recipe's): one
+      // concatenation of every feature instead of three.
+      auto parts = user_tower->feature_parts(batch.features);
+      for (auto& part : item_tower->feature_parts(batch.features)) parts.push_back(std::move(part));
+      x = torch::cat(parts, -1);
+    } else {
+      x = torch::cat({user_tower->forward(batch), item_tower->forward(batch)}, -1);
+    }
     return mlp->forward(x, batch.mask);
   }
 

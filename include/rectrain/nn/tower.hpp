@@ -65,6 +65,14 @@ class TowerImpl : public torch::nn::Cloneable<TowerImpl> {
   /// forward() over a plain dictionary of columns, with an optional row
   /// mask (used by BatchNorm blocks).
   torch::Tensor encode(const torch::OrderedDict<std::string, torch::Tensor>& columns, const torch::Tensor& mask = {}) {
+    const auto parts = feature_parts(columns);
+    auto x = parts.size() == 1 ? parts[0] : torch::cat(parts, -1);
+    return mlp->forward(x, mask);
+  }
+
+  /// Each feature's output [..., its output_dim()], in the order added:
+  /// what encode() concatenates before the MLP.
+  std::vector<torch::Tensor> feature_parts(const torch::OrderedDict<std::string, torch::Tensor>& columns) {
     if (entries_.empty()) throw Error("Tower: no features; add() some first");
     std::vector<torch::Tensor> parts;
     parts.reserve(entries_.size());
@@ -78,8 +86,7 @@ class TowerImpl : public torch::nn::Cloneable<TowerImpl> {
         throw TensorError(detail::concat("Tower: feature '", e.column, "' returned ", parts.back().sizes(),
                                          ", expected [..., ", e.feature->output_dim(), "]"));
     }
-    auto x = parts.size() == 1 ? parts[0] : torch::cat(parts, -1);
-    return mlp->forward(x, mask);
+    return parts;
   }
 
   /// The feature module reading `column`, as its own type.
