@@ -303,6 +303,23 @@ TEST_CASE("AutocastGuard runs matrix products in bfloat16 and restores the previ
   CHECK_THROWS_AS(compat::AutocastGuard(torch::Device(torch::kMeta), at::kBFloat16), std::invalid_argument);
 }
 
+TEST_CASE("train_epoch and score_groups under bf16 autocast: LayerNorm and BatchNorm blocks train", "[train]") {
+  const auto& ds = synthetic_dataset();
+  for (const auto norm : {Normalization::LayerNorm, Normalization::BatchNorm}) {
+    Run run(ds);
+    run.model->mlp = run.model->replace_module(
+        "mlp", Mlp(MlpOptions(run.model->mlp->options.input_dim(), {16}).normalization(norm).dropout(0.2)));
+    torch::optim::Adam adam(run.model->parameters(), 1e-2);
+    const auto stats = train_epoch(run.model, {&adam}, run.pipeline, 0, TrainEpochOptions().autocast(at::kBFloat16));
+    CHECK(std::isfinite(stats.loss));
+    CHECK(stats.rows > 0);
+    const auto rows = torch::arange(40).view({2, 20});
+    const auto scores = score_groups(run.model, BatchSpec::standard(ds), rows, ScoreOptions().autocast(at::kBFloat16));
+    CHECK(scores.sizes() == torch::IntArrayRef({2, 20}));
+    CHECK(torch::isfinite(scores).all().item<bool>());
+  }
+}
+
 TEST_CASE("rectrain-vk train, predict and --resume", "[train][cli]") {
   TempDir dir;
   const std::string vk = std::string(RECTRAIN_VK_BINARY) + " --threads 2";

@@ -228,11 +228,12 @@ inline torch::Tensor train_seed(rectrain::Dataset ds, const torch::Tensor& all_v
     const auto stats = train_epoch(model, {&adam}, pipeline, epoch, epoch_options);
     progress.clear();
     // The step's matrix products at the rate the epoch ran, beside plain
-    // torch::mm on the same shapes now: the share of the GEMM-bound rate.
+    // torch::mm on the same shapes (and type) now: the share of the
+    // GEMM-bound rate.
     const int64_t batch_rows = cfg.batch_groups * cfg.group_size;
     const auto products = training_matmuls(model, batch_rows);
     const double model_gflops = matmul_flops(products) / static_cast<double>(batch_rows) * stats.rows_per_second() / 1e9;
-    const double mm_gflops = matmul_gflops(products, device);
+    const double mm_gflops = matmul_gflops(products, device, 5, cfg.bf16 ? torch::kBFloat16 : torch::kFloat);
     const auto scores = score_groups(model, valid_spec, valid_rows, score_options).reshape(-1);
     const auto valid = gauc(valid_users, valid_targets, scores);
     JsonLine line;

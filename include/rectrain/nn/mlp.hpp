@@ -100,8 +100,10 @@ class MlpImpl : public torch::nn::Cloneable<MlpImpl> {
         case Activation::GELU: x = torch::gelu(x); break;
         case Activation::SiLU: x = torch::silu(x); break;
       }
-      if (!layer_norms.empty()) x = layer_norms[i](x);
-      if (!batch_norms.empty()) x = batch_norm(batch_norms[i], x, flat_mask);
+      // Normalisation in its parameters' precision: LibTorch's CPU kernels
+      // take no bf16 input with float32 weights (what autocast leaves).
+      if (!layer_norms.empty()) x = layer_norms[i](x.to(layer_norms[i]->weight.scalar_type()));
+      if (!batch_norms.empty()) x = batch_norm(batch_norms[i], x.to(batch_norms[i]->weight.scalar_type()), flat_mask);
       if (options.dropout() > 0) x = rectrain::dropout(x, options.dropout(), is_training());
     }
     auto shape = input.sizes().vec();

@@ -83,15 +83,17 @@ inline double matmul_flops(const std::vector<MatmulShape>& products) {
   return total;
 }
 
-/// GFLOP/s of plain torch::mm over `products` on `device` (fp32, random
-/// operands): the median of `runs` timed passes after one warm-up.
-inline double matmul_gflops(const std::vector<MatmulShape>& products, torch::Device device, int runs = 5) {
+/// GFLOP/s of plain torch::mm over `products` on `device`, in `dtype`
+/// (bf16 for a model trained under bf16 autocast), with random operands:
+/// the median of `runs` timed passes after one warm-up.
+inline double matmul_gflops(const std::vector<MatmulShape>& products, torch::Device device, int runs = 5,
+                            torch::ScalarType dtype = torch::kFloat) {
   if (products.empty()) throw Error("matmul_gflops: no products to time");
   struct Operands {
     torch::Tensor a, b;
   };
   std::vector<Operands> operands;
-  const auto options = torch::TensorOptions().device(device);
+  const auto options = torch::TensorOptions().device(device).dtype(dtype);
   for (const auto& p : products)
     operands.push_back({p.transposed_left ? torch::randn({p.k, p.m}, options).t() : torch::randn({p.m, p.k}, options),
                         torch::randn({p.k, p.n}, options)});
