@@ -284,20 +284,19 @@ inline int run_train(const TrainRun& run) {
   std::printf("rectrain-vk train: rectrain %s, LibTorch %d.%d, %d threads, device %s\n", version_string,
               TORCH_VERSION_MAJOR, TORCH_VERSION_MINOR, at::get_num_threads(), run.device.c_str());
   auto loaded = load_data(run.data);
-  const auto& ds = loaded;
   std::printf("data: %lld interactions, %lld users, %lld items, %lld sources, %lld candidates (%.1f s)\n",
-              static_cast<long long>(ds.num_interactions()), static_cast<long long>(ds.num_users()),
-              static_cast<long long>(ds.num_items()), static_cast<long long>(ds.num_sources()),
-              static_cast<long long>(ds.candidates.num_rows()), seconds_since(t0));
+              static_cast<long long>(loaded.num_interactions()), static_cast<long long>(loaded.num_users()),
+              static_cast<long long>(loaded.num_items()), static_cast<long long>(loaded.num_sources()),
+              static_cast<long long>(loaded.candidates.num_rows()), seconds_since(t0));
   std::filesystem::create_directories(run.out);
   std::vector<std::string> log;
   std::vector<torch::Tensor> scores;
   int64_t epoch_budget = run.stop_after > 0 ? run.stop_after : -1;
-  const auto all_views = item_view_counts(ds);
+  const auto all_views = item_view_counts(loaded);
   // What the end needs (ids, candidates, user and item tables) without the
   // interactions: each seed takes the loaded set and shrinks it, and later
   // seeds load it again rather than keep a second full copy in memory.
-  Dataset meta = ds;
+  Dataset meta = loaded;
   meta.interactions = Table();
   for (size_t k = 0; k < run.seeds.size(); ++k) {
     const auto seed = run.seeds[k];

@@ -1,8 +1,8 @@
 #pragma once
 // Inverted dropout whose CPU mask is cheap. LibTorch's CPU dropout draws
 // its Bernoulli mask one element at a time on one thread (bernoulli_ has a
-// parallel path only with MKL), which at the recipe's widths cost more
-// than the layer's matrix product. Here the mask is a counter-based hash of
+// parallel path only with MKL), which at the recipe's widths cost as much
+// as the layer's matrix product. Here the mask is a counter-based hash of
 // (seed, element index), computed in parallel; the seed is drawn from the
 // default CPU generator, so torch::manual_seed and a saved generator state
 // reproduce it, and the mask does not depend on the thread count. On other
@@ -69,18 +69,20 @@ inline uint64_t draw_dropout_seed() {
           .item<int64_t>());
 }
 
-/// [sizes] of `dtype`: 1 / keep where element i is kept, else 0.
+/// [sizes] of T: 1 / keep where element i is kept, else 0.
 template <typename T>
-torch::Tensor hashed_keep_mask(torch::IntArrayRef sizes, torch::ScalarType dtype, double keep, uint64_t seed) {
-  auto mask = torch::empty(sizes, torch::TensorOptions().dtype(dtype));
+torch::Tensor hashed_keep_mask(torch::IntArrayRef sizes, double keep, uint64_t seed) {
+  torch::Tensor mask = torch::empty(sizes, torch::TensorOptions().dtype(c10::CppTypeToScalarType<T>::value));
   T* m = mask.data_ptr<T>();
   const uint32_t threshold = keep_threshold(keep);
   const T scale = static_cast<T>(1.0 / keep);
   const T zero = static_cast<T>(0);
   at::parallel_for(0, mask.numel(), 16384, [&](int64_t begin, int64_t end) {
     T* out = m + begin;
-    // By value: through references, every store might alias them (no vectorising).
-    for_each_kept(seed, begin, end - begin, threshold, [out, scale, zero](int64_t j, bool kept) { out[j] = kept ? scale : zero; });
+    // By value: through references, every store might alias them (no
+    // vectorising).
+    for_each_kept(seed, begin, end - begin, threshold,
+                  [out, scale, zero](int64_t j, bool kept) { out[j] = kept ? scale : zero; });
   });
   return mask;
 }
@@ -96,11 +98,9 @@ inline torch::Tensor dropout(const torch::Tensor& input, double p, bool training
   const uint64_t seed = detail::draw_dropout_seed();
   torch::Tensor mask;
   switch (input.scalar_type()) {
-    case torch::kFloat: mask = detail::hashed_keep_mask<float>(input.sizes(), torch::kFloat, 1 - p, seed); break;
-    case torch::kDouble: mask = detail::hashed_keep_mask<double>(input.sizes(), torch::kDouble, 1 - p, seed); break;
-    case torch::kBFloat16:
-      mask = detail::hashed_keep_mask<c10::BFloat16>(input.sizes(), torch::kBFloat16, 1 - p, seed);
-      break;
+    case torch::kFloat: mask = detail::hashed_keep_mask<float>(input.sizes(), 1 - p, seed); break;
+    case torch::kDouble: mask = detail::hashed_keep_mask<double>(input.sizes(), 1 - p, seed); break;
+    case torch::kBFloat16: mask = detail::hashed_keep_mask<c10::BFloat16>(input.sizes(), 1 - p, seed); break;
     default: return torch::dropout(input, p, training);
   }
   return input * mask;

@@ -1,11 +1,10 @@
 #pragma once
 // The tail of the recipe's MLP block, bias -> ReLU -> LayerNorm -> dropout,
 // as one CPU kernel with its own backward (the block's product runs as a
-// plain mm: addmm would first copy the bias into every output row). Separately, the three ops and their
-// backwards make about a dozen passes over the [rows, width] activations,
-// and at the recipe's widths those passes cost a third of what the layer's
-// matrix product does; fused, a row stays in L1 and the forward and the
-// backward each read and write the activations once. The dropout mask is
+// plain mm: addmm would first copy the bias into every output row).
+// Separately, the ops and their backwards make about a dozen passes over
+// the [rows, width] activations; fused, a row stays in L1 and the forward
+// and the backward each read and write the activations once. The dropout mask is
 // not stored: the backward recomputes it from the seed (see dropout.hpp).
 // Mlp uses it for float32 CPU tensors; anything else takes the plain ops.
 
@@ -60,7 +59,9 @@ class ReluLayerNormDropout : public torch::autograd::Function<ReluLayerNormDropo
         }
         const float rs = 1.0f / std::sqrt(sq / static_cast<float>(d) + static_cast<float>(eps));
         for (int64_t j = 0; j < d; ++j) o[j] = (std::max(xr[j] + pbias[j], 0.0f) - mu) * rs * pg[j] + pb[j];
-        if (drop) for_each_kept(useed, r * d, d, threshold, [o, scale](int64_t j, bool kept) { o[j] = kept ? o[j] * scale : 0.0f; });
+        if (drop)
+          for_each_kept(useed, r * d, d, threshold,
+                        [o, scale](int64_t j, bool kept) { o[j] = kept ? o[j] * scale : 0.0f; });
         pm[r] = mu;
         pr[r] = rs;
       }
@@ -109,7 +110,8 @@ class ReluLayerNormDropout : public torch::autograd::Function<ReluLayerNormDropo
           const float mu = pm[r], rs = pr[r];
           // Through dropout, then LayerNorm's affine part.
           if (drop)
-            for_each_kept(useed, r * d, d, threshold, [out = gyr, gr, scale](int64_t j, bool kept) { out[j] = kept ? gr[j] * scale : 0.0f; });
+            for_each_kept(useed, r * d, d, threshold,
+                          [out = gyr, gr, scale](int64_t j, bool kept) { out[j] = kept ? gr[j] * scale : 0.0f; });
           else
             for (int64_t j = 0; j < d; ++j) gyr[j] = gr[j];
           for (int64_t j = 0; j < d; ++j) {
@@ -153,9 +155,9 @@ inline torch::Tensor relu_layer_norm_dropout(const torch::Tensor& x, const torch
   };
   if (x.dim() != 2 || !x.device().is_cpu() || x.scalar_type() != torch::kFloat || !vector_ok(bias) ||
       !vector_ok(gamma) || !vector_ok(beta))
-    throw TensorError(detail::concat("relu_layer_norm_dropout: expected float32 CPU x [N, D] and bias, gamma, beta [D], got ",
-                                     detail::shape_of(x), ", ", detail::shape_of(bias), ", ", detail::shape_of(gamma),
-                                     ", ", detail::shape_of(beta)));
+    throw TensorError(detail::concat(
+        "relu_layer_norm_dropout: expected float32 CPU x [N, D] and bias, gamma, beta [D], got ", detail::shape_of(x),
+        ", ", detail::shape_of(bias), ", ", detail::shape_of(gamma), ", ", detail::shape_of(beta)));
   if (!(p >= 0 && p < 1)) throw Error(detail::concat("relu_layer_norm_dropout: p must be in [0, 1), got ", p));
   const bool drop = training && p > 0;
   const int64_t seed = drop ? static_cast<int64_t>(detail::draw_dropout_seed()) : 0;

@@ -101,20 +101,25 @@ class RankerImpl : public torch::nn::Cloneable<RankerImpl> {
     if (entries_.empty()) throw Error("Ranker: no heads; add_head() some first");
     const auto h = hidden(batch);
     // Heads that are one Linear(hidden, 1) (score_layer()) share one product.
+    std::vector<bool> shared;
     std::vector<torch::Tensor> weights, biases;
-    for (const auto& e : entries_)
-      if (auto* layer = e.head->score_layer(); layer && layer->bias.defined()) {
+    for (const auto& e : entries_) {
+      auto* layer = e.head->score_layer();
+      shared.push_back(layer && layer->bias.defined());
+      if (shared.back()) {
         weights.push_back(layer->weight);
         biases.push_back(layer->bias);
       }
+    }
     torch::Tensor shared_scores;  // [heads, rows]
     if (weights.size() > 1)
-      shared_scores = torch::addmm(torch::cat(biases), h.reshape({-1, h.size(-1)}), torch::cat(weights).t()).t().contiguous();
+      shared_scores =
+          torch::addmm(torch::cat(biases), h.reshape({-1, h.size(-1)}), torch::cat(weights).t()).t().contiguous();
     torch::OrderedDict<std::string, torch::Tensor> out("Ranker prediction");
     int64_t next = 0;
-    for (const auto& e : entries_) {
-      auto* layer = e.head->score_layer();
-      if (shared_scores.defined() && layer && layer->bias.defined())
+    for (size_t k = 0; k < entries_.size(); ++k) {
+      const auto& e = entries_[k];
+      if (shared_scores.defined() && shared[k])
         out.insert(e.name, shared_scores[next++].view(h.sizes().slice(0, h.dim() - 1)));
       else
         out.insert(e.name, e.head->forward(h));
