@@ -3,11 +3,16 @@
 
 #include <rectrain/core/atomic_file.hpp>
 #include <rectrain/core/id_map.hpp>
+#include <rectrain/core/memory_reuse.hpp>
 #include <rectrain/core/random.hpp>
 
 #include <torch/torch.h>
 
 #include <set>
+
+#if defined(__GLIBC__)
+#include <malloc.h>
+#endif
 
 using namespace rectrain;
 using rectrain_test::TempDir;
@@ -91,3 +96,22 @@ TEST_CASE("IdMap direct tables and hash tables agree", "[core][id_map]") {
   const IdMap reloaded = IdMap::from_sorted_unique(a.raw_ids());
   CHECK(reloaded.encode(small).equal(a.encode(small)));
 }
+
+#if defined(__GLIBC__) && (__GLIBC__ > 2 || (__GLIBC__ == 2 && __GLIBC_MINOR__ >= 33))
+TEST_CASE("reuse_freed_memory serves large blocks from the heap", "[core][memory]") {
+  const auto mapped = [] { return mallinfo2().hblkhd; };
+  constexpr int64_t floats = int64_t{16} << 20;  // 64 MiB: above glibc's largest default mmap threshold
+  const size_t before = mapped();
+  {
+    const auto t = torch::empty({floats});
+    CHECK(mapped() >= before + 4 * floats);  // glibc's default: mapped on its own
+  }
+  REQUIRE(reuse_freed_memory());
+  {
+    const auto t = torch::empty({floats});
+    CHECK(mapped() < before + 4 * floats);  // from the heap, reusable after free
+  }
+  // Back to fixed defaults for the tests that follow.
+  CHECK(reuse_freed_memory(MemoryReuseOptions().max_block_bytes(128 << 10).keep_bytes(128 << 10)));
+}
+#endif

@@ -254,6 +254,7 @@ int main(int argc, char** argv) {
   int runs = 10;
   double scale = 1.0;
   std::string trace;
+  bool no_memory_reuse = false;
   app.add_option("--part", part, "losses | model | all")->capture_default_str();
   app.add_option("--groups", groups, "Groups per batch for the losses")->capture_default_str();
   app.add_option("--model-groups", model_groups, "Groups of 20 per batch for the model")->capture_default_str();
@@ -262,12 +263,16 @@ int main(int argc, char** argv) {
   app.add_option("--device", device_name, "cpu or cuda")->capture_default_str();
   app.add_option("--scale", scale, "Embedding table sizes relative to the challenge's")->capture_default_str();
   app.add_option("--trace", trace, "Write a profiler trace of one model step per mode to TRACE.<mode>.json");
+  app.add_flag("--no-memory-reuse", no_memory_reuse,
+               "Leave glibc's allocator as it is (large blocks mapped and unmapped every step)");
   CLI11_PARSE(app, argc, argv);
   torch::set_num_threads(threads);
   try {
     const torch::Device device(device_name);
     if (device.is_cuda() && !torch::cuda::is_available()) throw std::runtime_error("--device cuda: no CUDA device");
     bench::print_machine("model_bench");
+    std::printf("freed memory reused (rectrain::reuse_freed_memory): %s\n",
+                !no_memory_reuse && rectrain::reuse_freed_memory() ? "yes" : "no");
     if (part == "losses" || part == "all") run_losses(groups, runs, device);
     if (part == "model" || part == "all") run_model(model_groups, runs, device, scale, trace);
   } catch (const std::exception& e) {

@@ -219,6 +219,10 @@ inline torch::Tensor train_seed(rectrain::Dataset ds, const torch::Tensor& all_v
   epoch_options.clip_grad_norm(cfg.clip_grad_norm).progress_seconds(progress.seconds());
   if (cfg.bf16) epoch_options.autocast(at::kBFloat16);
   const auto tables = id_tables(model);
+  // From here on, every step allocates blocks of the same sizes: keep them
+  // for reuse rather than page-fault them in again (the loading and ALS
+  // above keep glibc's defaults, so their one-off blocks go back).
+  reuse_freed_memory();
   for (int64_t epoch = epochs_done; epoch < cfg.epochs(); ++epoch) {
     if (epoch_budget == 0) return {};
     --epoch_budget;

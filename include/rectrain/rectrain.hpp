@@ -10,6 +10,7 @@
 #include <rectrain/core/error.hpp>
 #include <rectrain/core/huge_pages.hpp>
 #include <rectrain/core/id_map.hpp>
+#include <rectrain/core/memory_reuse.hpp>
 #include <rectrain/core/random.hpp>
 #include <rectrain/core/text.hpp>
 #include <rectrain/core/version.hpp>
