@@ -391,3 +391,74 @@ TEST_CASE("training_matmuls lists a step's products; frozen inputs need no input
   CHECK(matmul_gflops(products, torch::kCPU, 2) > 0);
   CHECK_THROWS_WITH(matmul_gflops({}, torch::kCPU), Catch::Contains("no products"));
 }
+
+TEST_CASE("SparseAdam: Adam's update on the rows a step touched, nothing on the others", "[train][sparse_adam]") {
+  torch::manual_seed(3);
+  const auto init = torch::randn({6, 4});
+  const auto options = torch::optim::AdamOptions(0.05).weight_decay(0.01);
+  auto loss_of = [](const torch::Tensor& table, const torch::Tensor& ids, bool sparse, int step) {
+    const auto rows = torch::embedding(table, ids, -1, false, sparse);
+    return (rows * (torch::arange(rows.numel()).view(rows.sizes()).to(torch::kFloat) - 3.0 * step)).pow(2).sum();
+  };
+
+  SECTION("every row touched each step: the same values as torch::optim::Adam") {
+    auto dense = init.clone().requires_grad_(true), sparse = init.clone().requires_grad_(true);
+    torch::optim::Adam adam({dense}, options);
+    SparseAdam sparse_adam({sparse}, options);
+    const auto ids = torch::tensor({5, 0, 1, 2, 3, 4, 0}, torch::kInt64);  // row 0 twice
+    for (int step = 0; step < 5; ++step) {
+      adam.zero_grad();
+      sparse_adam.zero_grad();
+      loss_of(dense, ids, false, step).backward();
+      loss_of(sparse, ids, true, step).backward();
+      REQUIRE(sparse.grad().is_sparse());
+      adam.step();
+      sparse_adam.step();
+      CHECK(torch::allclose(sparse, dense, 1e-6, 1e-7));
+    }
+  }
+
+  SECTION("untouched rows and their moments stay as they were") {
+    auto table = init.clone().requires_grad_(true);
+    SparseAdam sparse_adam({table}, options);
+    const auto ids = torch::tensor({1, 3}, torch::kInt64);
+    loss_of(table, ids, true, 0).backward();
+    sparse_adam.step();
+    const auto untouched = torch::tensor({0, 2, 4, 5}, torch::kInt64);
+    CHECK(table.detach().index_select(0, untouched).equal(init.index_select(0, untouched)));
+    CHECK_FALSE(table.detach().index_select(0, ids).equal(init.index_select(0, ids)));
+  }
+
+  SECTION("its state goes through a checkpoint and the next step is the same") {
+    const auto ids = torch::tensor({1, 3, 3}, torch::kInt64);
+    auto a = init.clone().requires_grad_(true);
+    SparseAdam first({a}, options);
+    for (int step = 0; step < 2; ++step) {
+      first.zero_grad();
+      loss_of(a, ids, true, step).backward();
+      first.step();
+    }
+    TempDir dir;
+    const auto path = dir.file("sparse_adam.pt");
+    torch::save(first, path);
+    auto b = a.detach().clone().requires_grad_(true);
+    SparseAdam second({b}, options);
+    torch::load(second, path);
+    first.zero_grad();
+    second.zero_grad();
+    loss_of(a, ids, true, 2).backward();
+    loss_of(b, ids, true, 2).backward();
+    first.step();
+    second.step();
+    CHECK(a.equal(b));
+  }
+
+  SECTION("a dense gradient is refused with the parameter's shape") {
+    auto table = init.clone().requires_grad_(true);
+    SparseAdam sparse_adam({table}, options);
+    loss_of(table, torch::tensor({1}, torch::kInt64), false, 0).backward();
+    CHECK_THROWS_WITH(sparse_adam.step(), Catch::Contains("parameter [6, 4] has a dense gradient"));
+    CHECK_THROWS_AS(SparseAdam({table}, torch::optim::AdamOptions(0.1).amsgrad(true)), Error);
+    CHECK_THROWS_AS(SparseAdam({table}, torch::optim::AdamOptions(-1.0)), Error);
+  }
+}

@@ -7,13 +7,14 @@
 //          full Ranker (user id 256+128, gender, age; item id 256, source
 //          128, duration, 32-d content vector; shared MLP 512-256 with
 //          LayerNorm and dropout 0.1; six heads) per 1,000 rows, with
-//          embeddings frozen, unfrozen with sparse gradients (SGD for the
-//          tables), and unfrozen with dense ones (Adam for everything); the
+//          embeddings frozen, unfrozen with sparse gradients (SparseAdam
+//          for the tables), and unfrozen with dense ones (Adam for all); the
 //          GFLOP/s of its matrix products beside plain torch::mm GFLOP/s on
 //          the same shapes (rectrain::training_matmuls) and on a
 //          4096×512×512 GEMM.
 //   model_bench [--part losses|model|all] [--groups 4096] [--model-groups 256]
 //               [--threads T] [--runs R] [--device cpu|cuda] [--scale 1.0] [--trace PREFIX]
+//               [--no-memory-reuse]
 
 #include "machine.hpp"
 
@@ -209,22 +210,23 @@ void run_model(int64_t groups, int runs, torch::Device device, double scale, con
     std::vector<Batch> batches;
     for (int k = 0; k < 4; ++k) batches.push_back(random_batch(shape, groups, device));
     // A whole training step: forward, backward, Adam (dense tables) or
-    // Adam + SGD for the sparse tables (LibTorch's Adam takes no sparse
-    // gradients).
+    // Adam + SparseAdam for the sparse tables (LibTorch's Adam takes no
+    // sparse gradients), as rectrain-vk trains.
     std::vector<torch::Tensor> dense_params, sparse_params;
     for (const auto& item : ranker->named_parameters())
       if (item.value().requires_grad())
         (mode.sparse && item.key().find("features") != std::string::npos ? sparse_params : dense_params)
             .push_back(item.value());
     torch::optim::Adam adam(dense_params, torch::optim::AdamOptions(1e-3));
-    std::unique_ptr<torch::optim::SGD> sgd;
-    if (!sparse_params.empty()) sgd = std::make_unique<torch::optim::SGD>(sparse_params, torch::optim::SGDOptions(0.01));
+    std::unique_ptr<rectrain::SparseAdam> tables;
+    if (!sparse_params.empty())
+      tables = std::make_unique<rectrain::SparseAdam>(sparse_params, torch::optim::AdamOptions(1e-3));
     auto step = [&](const Batch& b) {
       adam.zero_grad();
-      if (sgd) sgd->zero_grad();
+      if (tables) tables->zero_grad();
       ranker->loss(ranker->forward(b), b).backward();
       adam.step();
-      if (sgd) sgd->step();
+      if (tables) tables->step();
     };
     for (int w = 0; w < 2; ++w) step(batches[static_cast<size_t>(w)]);
     int k = 0;

@@ -185,7 +185,19 @@ inline torch::Tensor train_seed(rectrain::Dataset ds, const torch::Tensor& all_v
     std::fflush(stdout);
   }
 
-  torch::optim::Adam adam(model->parameters(), torch::optim::AdamOptions(cfg.lr).weight_decay(cfg.weight_decay));
+  // Sparse tables: SparseAdam updates the rows a batch used, Adam the rest
+  // (LibTorch's Adam takes no sparse gradients). Dense: one Adam for all.
+  const auto tables = id_tables(model);
+  const auto adam_options = torch::optim::AdamOptions(cfg.lr).weight_decay(cfg.weight_decay);
+  auto [table_weights, other_weights] = split_table_parameters(model, tables);
+  if (!cfg.sparse_tables) {
+    other_weights = model->parameters();
+    table_weights.clear();
+  }
+  torch::optim::Adam adam(other_weights, adam_options);
+  SparseAdam table_adam(table_weights, adam_options);
+  std::vector<torch::optim::Optimizer*> optimizers{&adam};
+  if (!table_weights.empty()) optimizers.push_back(&table_adam);
   GroupSampler sampler(train.interactions["user"], targets,
                        GroupSamplerOptions(cfg.group_size).batch_size(cfg.batch_groups).seed(seed));
   BatchPipeline pipeline(with_recipe_columns(BatchSpec::standard(train), cfg, train_views, train.interactions["item"]),
@@ -193,7 +205,9 @@ inline torch::Tensor train_seed(rectrain::Dataset ds, const torch::Tensor& all_v
   int64_t epochs_done = 0;
   auto cpu_rng = at::globalContext().defaultGenerator(torch::kCPU);
   Checkpoint state;
-  state.add("config", config_text).add("model", *model).add("adam", adam).add("sampler", sampler);
+  state.add("config", config_text).add("model", *model).add("adam", adam);
+  if (!table_weights.empty()) state.add("table_adam", table_adam);
+  state.add("sampler", sampler);
   state.add("rng", cpu_rng).add("epochs_done", epochs_done).add("history", history);
   at::Generator cuda_rng;
   if (device.is_cuda()) {
@@ -218,7 +232,6 @@ inline torch::Tensor train_seed(rectrain::Dataset ds, const torch::Tensor& all_v
   TrainEpochOptions epoch_options;
   epoch_options.clip_grad_norm(cfg.clip_grad_norm).progress_seconds(progress.seconds());
   if (cfg.bf16) epoch_options.autocast(at::kBFloat16);
-  const auto tables = id_tables(model);
   // From here on, every step allocates blocks of the same sizes: keep them
   // for reuse rather than page-fault them in again (the loading and ALS
   // above keep glibc's defaults, so their one-off blocks go back).
@@ -229,7 +242,7 @@ inline torch::Tensor train_seed(rectrain::Dataset ds, const torch::Tensor& all_v
     const bool frozen = cfg.frozen_in(epoch);
     for (auto table : tables) frozen ? table->freeze() : table->unfreeze();
     epoch_options.on_progress([&](const EpochProgress& p) { progress.show(seed, p, frozen); });
-    const auto stats = train_epoch(model, {&adam}, pipeline, epoch, epoch_options);
+    const auto stats = train_epoch(model, optimizers, pipeline, epoch, epoch_options);
     progress.clear();
     // The step's matrix products at the rate the epoch ran, beside plain
     // torch::mm on the same shapes (and type) now: the share of the
@@ -282,6 +295,28 @@ inline double json_number(const std::string& line, const std::string& key) {
   return end == start ? std::nan("") : v;
 }
 
+/// The whole run's speed from its metrics lines: the FLOPs of every
+/// epoch's products over the epochs' seconds, and the share of torch::mm's
+/// rate that is (the seconds mm needs for those products, measured after
+/// each epoch, over the seconds the epochs took).
+inline void print_speed_summary(const std::vector<std::string>& log) {
+  double seconds = 0, gflop = 0, mm_seconds = 0;
+  int64_t epochs = 0;
+  for (const auto& line : log) {
+    const double s = json_number(line, "seconds"), model = json_number(line, "model_gflops"),
+                 mm = json_number(line, "mm_gflops");
+    if (!(s > 0) || !(model > 0) || !(mm > 0)) continue;
+    seconds += s;
+    gflop += model * s;
+    mm_seconds += model * s / mm;
+    ++epochs;
+  }
+  if (epochs == 0) return;
+  std::printf("training: %lld epochs in %s, model %.1f GFLOP/s = %.0f%% of torch::mm's rate on the same products\n",
+              static_cast<long long>(epochs), ProgressLine::duration(seconds).c_str(), gflop / seconds,
+              100 * mm_seconds / seconds);
+}
+
 inline int run_train(const TrainRun& run) {
   using namespace rectrain;
   const auto t0 = std::chrono::steady_clock::now();
@@ -314,6 +349,7 @@ inline int run_train(const TrainRun& run) {
     if (run.seeds.size() > 1) print_candidate_gauc(("seed " + std::to_string(seed)).c_str(), meta, scores.back());
   }
   write_lines((std::filesystem::path(run.out) / "metrics.jsonl").string(), log);
+  print_speed_summary(log);
   std::vector<CurvePoint> curve;
   for (const auto& line : log)
     curve.push_back({static_cast<uint64_t>(json_number(line, "seed")), static_cast<int64_t>(json_number(line, "epoch")),

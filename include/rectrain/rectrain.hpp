@@ -49,3 +49,4 @@
 #include <rectrain/train/holdout.hpp>
 #include <rectrain/train/matmul_flops.hpp>
 #include <rectrain/train/scoring.hpp>
+#include <rectrain/train/sparse_adam.hpp>
