@@ -8,7 +8,8 @@
 //          128, duration, 32-d content vector; shared MLP 512-256 with
 //          LayerNorm and dropout 0.1; six heads) per 1,000 rows, with
 //          embeddings frozen, unfrozen with sparse gradients (SparseAdam
-//          for the tables), and unfrozen with dense ones (Adam for all); the
+//          for the tables: every row, or lazily only the rows used), and
+//          unfrozen with dense ones (Adam for all); the
 //          GFLOP/s of its matrix products beside plain torch::mm GFLOP/s on
 //          the same shapes (rectrain::training_matmuls) and on a
 //          4096×512×512 GEMM.
@@ -201,9 +202,13 @@ void run_model(int64_t groups, int runs, torch::Device device, double scale, con
     const char* name;
     const char* tag;
     bool frozen, sparse;
+    rectrain::SparseAdamRows rows;
   };
-  for (const Mode mode : {Mode{"frozen", "frozen", true, false}, Mode{"unfrozen, sparse grad", "sparse", false, true},
-                          Mode{"unfrozen, dense grad", "dense", false, false}}) {
+  using Rows = rectrain::SparseAdamRows;
+  for (const Mode mode : {Mode{"frozen", "frozen", true, false, Rows::All},
+                          Mode{"unfrozen, sparse grad", "sparse", false, true, Rows::All},
+                          Mode{"unfrozen, sparse lazy", "lazy", false, true, Rows::Touched},
+                          Mode{"unfrozen, dense grad", "dense", false, false, Rows::All}}) {
     torch::manual_seed(2);
     auto ranker = recipe_ranker(shape, mode.frozen, mode.sparse);
     ranker->to(device);
@@ -220,7 +225,7 @@ void run_model(int64_t groups, int runs, torch::Device device, double scale, con
     torch::optim::Adam adam(dense_params, torch::optim::AdamOptions(1e-3));
     std::unique_ptr<rectrain::SparseAdam> tables;
     if (!sparse_params.empty())
-      tables = std::make_unique<rectrain::SparseAdam>(sparse_params, torch::optim::AdamOptions(1e-3));
+      tables = std::make_unique<rectrain::SparseAdam>(sparse_params, torch::optim::AdamOptions(1e-3), mode.rows);
     auto step = [&](const Batch& b) {
       adam.zero_grad();
       if (tables) tables->zero_grad();

@@ -250,9 +250,11 @@ int main(int argc, char** argv) {
   train->add_flag("--no-popularity", no_popularity, "Leave out the item view-count feature");
   train->add_flag("--no-freeze", no_freeze, "Never freeze the id embeddings");
   train->add_flag("--no-als", no_als, "Random id embeddings instead of ALS factors");
-  train->add_flag("--sparse-tables", cfg.sparse_tables,
-                  "Sparse gradients for the id tables, SparseAdam on the rows each batch used (faster on large "
-                  "tables; default: dense Adam, the recipe's)");
+  train->add_option("--table-update", cfg.table_update,
+                    "Unfrozen id tables: sparse (Adam's update from sparse gradients, one pass), adam (dense "
+                    "gradients, torch::optim::Adam), lazy (only the rows each batch used)")
+      ->check(CLI::IsMember({"sparse", "adam", "lazy"}))
+      ->capture_default_str();
   train->add_option("--item-factors", cfg.item_factors, "Item-ALS factors / id embedding width (0: from data size)")
       ->capture_default_str();
   train->add_option("--source-factors", cfg.source_factors, "Source-ALS factors (0: half the item factors)")

@@ -44,11 +44,13 @@ struct RecipeConfig {
   int64_t group_size = 20;
   int64_t batch_groups = 0;  ///< groups per batch
   double clip_grad_norm = 0;
-  /// Id tables with sparse gradients, updated by SparseAdam (only the rows
-  /// a batch used): a faster unfrozen epoch on large tables, but a lower
-  /// GAUC than the recipe's dense Adam on every dataset measured (see
-  /// docs/performance.md), so off by default.
-  bool sparse_tables = false;
+  /// How unfrozen id tables are updated: "sparse" (sparse gradients and
+  /// SparseAdam over every row: Adam's update in one pass over the table),
+  /// "adam" (dense gradients and torch::optim::Adam, as the reference
+  /// implementation: the same update, many passes) or "lazy" (SparseAdam
+  /// on the rows each batch used: no pass over the table, a slightly lower
+  /// GAUC on every dataset measured; see docs/performance.md).
+  std::string table_update = "sparse";
   bool bf16 = false;
   // validation
   double holdout_fraction = 0.1;
@@ -83,7 +85,7 @@ struct RecipeConfig {
         << "\nfrozen_epochs=" << frozen_epochs << "\nunfrozen_epochs=" << unfrozen_epochs << "\nfreeze=" << freeze
         << "\nals=" << als << "\nals_iterations=" << als_iterations << "\nals_regularization=" << als_regularization
         << "\nlr=" << lr << "\nweight_decay=" << weight_decay << "\ngroup_size=" << group_size
-        << "\nbatch_groups=" << batch_groups << "\nclip_grad_norm=" << clip_grad_norm << "\nsparse_tables=" << sparse_tables
+        << "\nbatch_groups=" << batch_groups << "\nclip_grad_norm=" << clip_grad_norm << "\ntable_update=" << table_update
         << "\nbf16=" << bf16
         << "\nholdout_fraction=" << holdout_fraction << "\nholdout_users=" << holdout_users << "\n";
     return out.str();
@@ -127,7 +129,9 @@ struct RecipeConfig {
     c.group_size = i64("group_size");
     c.batch_groups = i64("batch_groups");
     c.clip_grad_norm = f64("clip_grad_norm");
-    c.sparse_tables = i64("sparse_tables") != 0;
+    c.table_update = get("table_update");
+    if (c.table_update != "sparse" && c.table_update != "adam" && c.table_update != "lazy")
+      throw rectrain::Error(where + ": table_update must be sparse, adam or lazy; got '" + c.table_update + "'");
     c.bf16 = i64("bf16") != 0;
     c.holdout_fraction = f64("holdout_fraction");
     c.holdout_users = i64("holdout_users");
@@ -164,7 +168,7 @@ inline rectrain::Ranker build_model(const rectrain::Dataset& train, const Recipe
   auto id_table = [&c](int64_t n, int64_t dim) {
     return CategoricalFeature(CategoricalFeatureOptions(n, dim)
                                   .init_std(1.0 / std::sqrt(static_cast<double>(dim)))
-                                  .sparse(c.sparse_tables));
+                                  .sparse(c.table_update != "adam"));
   };
   NumericFeature age, duration(NumericFeatureOptions().scaling(NumericScaling::Log1pZScore));
   age->fit(train.users["age"]);

@@ -185,17 +185,18 @@ inline torch::Tensor train_seed(rectrain::Dataset ds, const torch::Tensor& all_v
     std::fflush(stdout);
   }
 
-  // Sparse tables: SparseAdam updates the rows a batch used, Adam the rest
-  // (LibTorch's Adam takes no sparse gradients). Dense: one Adam for all.
+  // Sparse tables: SparseAdam for them, Adam for the rest (LibTorch's Adam
+  // takes no sparse gradients). "adam": one Adam for everything.
   const auto tables = id_tables(model);
   const auto adam_options = torch::optim::AdamOptions(cfg.lr).weight_decay(cfg.weight_decay);
   auto [table_weights, other_weights] = split_table_parameters(model, tables);
-  if (!cfg.sparse_tables) {
+  if (cfg.table_update == "adam") {
     other_weights = model->parameters();
     table_weights.clear();
   }
   torch::optim::Adam adam(other_weights, adam_options);
-  SparseAdam table_adam(table_weights, adam_options);
+  SparseAdam table_adam(table_weights, adam_options,
+                        cfg.table_update == "lazy" ? SparseAdamRows::Touched : SparseAdamRows::All);
   std::vector<torch::optim::Optimizer*> optimizers{&adam};
   if (!table_weights.empty()) optimizers.push_back(&table_adam);
   GroupSampler sampler(train.interactions["user"], targets,
