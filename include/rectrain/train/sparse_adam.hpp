@@ -31,6 +31,9 @@
 #include <algorithm>
 #include <cmath>
 #include <memory>
+#include <sstream>
+#include <string>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
@@ -80,6 +83,19 @@ inline void adam_all_rows(torch::Tensor& p, torch::Tensor& m, torch::Tensor& v, 
       p_row = p_row + step_size * m_row / (v_row.sqrt() / sqrt_bc2 + eps);
     }
   });
+}
+
+/// The key of `p`'s state in a torch::optim::Optimizer: LibTorch 1.x uses
+/// the address of its TensorImpl printed as a string, 2.x the address.
+template <typename Key>
+Key optimizer_state_key(const torch::Tensor& p) {
+  if constexpr (std::is_same_v<Key, std::string>) {
+    std::ostringstream out;  // as c10::guts::to_string(TensorImpl*) does
+    out << static_cast<const void*>(p.unsafeGetTensorImpl());
+    return out.str();
+  } else {
+    return p.unsafeGetTensorImpl();
+  }
 }
 
 } // namespace detail
@@ -133,7 +149,7 @@ class SparseAdam : public torch::optim::Optimizer {
 
  private:
   torch::optim::AdamParamState& state_of(const torch::Tensor& p) {
-    const auto key = c10::guts::to_string(p.unsafeGetTensorImpl());
+    const auto key = detail::optimizer_state_key<std::decay_t<decltype(state_)>::key_type>(p);
     auto it = state_.find(key);
     if (it == state_.end()) {
       auto fresh = std::make_unique<torch::optim::AdamParamState>();
