@@ -253,7 +253,7 @@ int main(int argc, char** argv) {
   train->add_option("--table-update", cfg.table_update,
                     "Unfrozen id tables: sparse (Adam's update from sparse gradients, one pass), adam (dense "
                     "gradients, torch::optim::Adam), lazy (only the rows each batch used)")
-      ->check(CLI::IsMember({"sparse", "adam", "lazy"}))
+      ->check(CLI::IsMember(vk::table_updates()))
       ->capture_default_str();
   train->add_option("--item-factors", cfg.item_factors, "Item-ALS factors / id embedding width (0: from data size)")
       ->capture_default_str();

@@ -17,6 +17,13 @@
 
 namespace vk {
 
+/// The values of RecipeConfig::table_update, for the parser and the
+/// settings reader alike.
+inline const std::vector<std::string>& table_updates() {
+  static const std::vector<std::string> names{"sparse", "adam", "lazy"};
+  return names;
+}
+
 /// Everything `train` is told. 0 / empty means "choose from the data size"
 /// (see adapt_to()).
 struct RecipeConfig {
@@ -130,7 +137,7 @@ struct RecipeConfig {
     c.batch_groups = i64("batch_groups");
     c.clip_grad_norm = f64("clip_grad_norm");
     c.table_update = get("table_update");
-    if (c.table_update != "sparse" && c.table_update != "adam" && c.table_update != "lazy")
+    if (std::find(table_updates().begin(), table_updates().end(), c.table_update) == table_updates().end())
       throw rectrain::Error(where + ": table_update must be sparse, adam or lazy; got '" + c.table_update + "'");
     c.bf16 = i64("bf16") != 0;
     c.holdout_fraction = f64("holdout_fraction");

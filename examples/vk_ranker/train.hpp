@@ -13,6 +13,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <string>
+#include <tuple>
 #include <vector>
 
 namespace vk {
@@ -189,11 +190,8 @@ inline torch::Tensor train_seed(rectrain::Dataset ds, const torch::Tensor& all_v
   // takes no sparse gradients). "adam": one Adam for everything.
   const auto tables = id_tables(model);
   const auto adam_options = torch::optim::AdamOptions(cfg.lr).weight_decay(cfg.weight_decay);
-  auto [table_weights, other_weights] = split_table_parameters(model, tables);
-  if (cfg.table_update == "adam") {
-    other_weights = model->parameters();
-    table_weights.clear();
-  }
+  std::vector<torch::Tensor> table_weights, other_weights = model->parameters();
+  if (cfg.table_update != "adam") std::tie(table_weights, other_weights) = split_table_parameters(model, tables);
   torch::optim::Adam adam(other_weights, adam_options);
   SparseAdam table_adam(table_weights, adam_options,
                         cfg.table_update == "lazy" ? SparseAdamRows::Touched : SparseAdamRows::All);
