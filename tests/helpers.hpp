@@ -58,6 +58,10 @@ inline std::string run_command(const std::string& command) {
   std::unique_ptr<FILE, int (*)(FILE*)> pipe(popen((command + " 2>&1").c_str(), "r"), pclose);
   char buf[4096];
   while (pipe && fgets(buf, sizeof buf, pipe.get())) out += buf;
+  // A sanitizer's report from the child fails the test, whatever it
+  // printed before it (the checks on its output may all pass).
+  for (const char* report : {"ERROR: AddressSanitizer", "ERROR: LeakSanitizer", "SUMMARY: UndefinedBehaviorSanitizer"})
+    if (out.find(report) != std::string::npos) FAIL_CHECK("sanitizer report from: " << command << "\n" << out);
   return out;
 }
 

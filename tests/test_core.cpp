@@ -97,7 +97,11 @@ TEST_CASE("IdMap direct tables and hash tables agree", "[core][id_map]") {
   CHECK(reloaded.encode(small).equal(a.encode(small)));
 }
 
-#if defined(__GLIBC__) && (__GLIBC__ > 2 || (__GLIBC__ == 2 && __GLIBC_MINOR__ >= 33))
+#if RECTRAIN_DETAIL_OWN_ALLOCATOR
+TEST_CASE("reuse_freed_memory reports that a sanitizer's allocator has no such setting", "[core][memory]") {
+  CHECK_FALSE(reuse_freed_memory());
+}
+#elif defined(__GLIBC__) && (__GLIBC__ > 2 || (__GLIBC__ == 2 && __GLIBC_MINOR__ >= 33))
 TEST_CASE("reuse_freed_memory serves large blocks from the heap", "[core][memory]") {
   const auto mapped = [] { return mallinfo2().hblkhd; };
   constexpr int64_t floats = int64_t{16} << 20;  // 64 MiB: above glibc's largest default mmap threshold

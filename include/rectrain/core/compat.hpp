@@ -7,6 +7,7 @@
 
 #include <caffe2/serialize/inline_container.h>
 #include <torch/csrc/jit/serialization/unpickler.h>
+#include <ATen/CPUGeneratorImpl.h>
 #include <ATen/autocast_mode.h>
 
 #include <cstring>
@@ -97,6 +98,9 @@ auto with_autocast(torch::Device device, const optional<at::ScalarType>& dtype, 
 /// A generator of `device`'s kind seeded with `seed`, independent of the
 /// global default generator (so sampling never disturbs user RNG streams).
 inline at::Generator make_generator(torch::Device device, uint64_t seed) {
+  // A new CPU generator, not a clone: LibTorch 1.13's Generator::clone()
+  // leaks the copy (one reference too many; LeakSanitizer reports it).
+  if (device.is_cpu()) return at::detail::createCPUGenerator(seed);
   at::Generator gen;
   {
     at::Generator base = at::globalContext().defaultGenerator(device);

@@ -25,6 +25,19 @@
 #include <malloc.h>
 #endif
 
+// Sanitizers that bring their own allocator ignore mallopt.
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+#define RECTRAIN_DETAIL_OWN_ALLOCATOR 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer) || __has_feature(thread_sanitizer) || __has_feature(memory_sanitizer) || \
+    __has_feature(hwaddress_sanitizer)
+#define RECTRAIN_DETAIL_OWN_ALLOCATOR 1
+#endif
+#endif
+#ifndef RECTRAIN_DETAIL_OWN_ALLOCATOR
+#define RECTRAIN_DETAIL_OWN_ALLOCATOR 0
+#endif
+
 namespace rectrain {
 
 struct MemoryReuseOptions {
@@ -36,9 +49,10 @@ struct MemoryReuseOptions {
 };
 
 /// Applies `options` to the C library's allocator; returns false where it
-/// has no such settings (not glibc), or refused them.
+/// has no such settings (not glibc, or a sanitizer's allocator in its
+/// place), or refused them.
 inline bool reuse_freed_memory(const MemoryReuseOptions& options = {}) {
-#if defined(__GLIBC__)
+#if defined(__GLIBC__) && !RECTRAIN_DETAIL_OWN_ALLOCATOR
   // mallopt takes an int: larger sizes are clamped to its range.
   auto as_int = [](size_t bytes) {
     return static_cast<int>(std::min<size_t>(bytes, static_cast<size_t>(std::numeric_limits<int>::max())));

@@ -8,6 +8,7 @@
 #include <rectrain/core/compat.hpp>
 #include <rectrain/core/error.hpp>
 #include <rectrain/core/mapped_file.hpp>
+#include <rectrain/core/torch_archive.hpp>
 #include <rectrain/data/table.hpp>
 
 #include <torch/torch.h>
@@ -44,22 +45,29 @@ class MappedReadAdapter final : public caffe2::serialize::ReadAdapterInterface {
 inline c10::IValue load_pickle_mapped(const std::string& path) {
   auto file = std::make_shared<MappedFile>(path, /*copy_on_write=*/true);
   if (file->size() == 0) throw InputError(path, 0, 0, "", "empty file, expected a torch.save archive");
+  const TorchArchiveIndex index = check_torch_archive(file->data(), file->size(), path);
+  c10::IValue value;
   try {
     caffe2::serialize::PyTorchStreamReader reader(std::make_shared<MappedReadAdapter>(file));
     auto read_record = [&](const std::string& name) -> at::DataPtr {
-      const std::string record = "data/" + name;
-      const size_t offset = reader.getRecordOffset(record);
-      // Bounds come from the archive's own directory; recheck them.
-      if (offset >= file->size()) throw InputError(path, 0, 0, "", "tensor record outside the file");
+      const ArchiveRecord* record = index.find("data/" + name);
+      if (!record || !record->stored)
+        throw InputError(path, 0, 0, "", concat("not a readable torch.save archive: no stored record data/", name));
       auto* keep_alive = new std::shared_ptr<MappedFile>(file);
-      return at::DataPtr(file->data() + offset, keep_alive,
+      return at::DataPtr(file->data() + record->offset, keep_alive,
                          [](void* ctx) { delete static_cast<std::shared_ptr<MappedFile>*>(ctx); },
                          at::Device(at::kCPU));
     };
-    return compat::unpickle_archive(reader, read_record);
+    value = compat::unpickle_archive(reader, read_record);
+  } catch (const Error&) {
+    throw;
   } catch (const c10::Error& e) {
     throw InputError(path, 0, 0, "", concat("not a readable torch.save archive: ", e.what_without_backtrace()));
+  } catch (const std::exception& e) {  // the unpickler's std::out_of_range, std::bad_alloc, ...
+    throw InputError(path, 0, 0, "", concat("not a readable torch.save archive: ", e.what()));
   }
+  for_each_tensor(value, [&](const at::Tensor& t) { check_tensor_extent(t, path, ""); });
+  return value;
 }
 
 } // namespace detail

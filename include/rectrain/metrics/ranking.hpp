@@ -129,7 +129,10 @@ inline GroupMetric gauc(const torch::Tensor& users, const torch::Tensor& targets
   const auto t = detail::metric_input(targets, "gauc targets", s.size(0));
   if (!users.defined() || users.dim() != 1 || users.size(0) != s.size(0))
     throw TensorError(detail::concat("gauc users: expected a 1-D tensor of ", s.size(0), " entries"));
-  auto [order, bounds] = detail::group_rows(users);
+  // Named members, not a structured binding: C++17 lambdas may not capture one.
+  auto grouped = detail::group_rows(users);
+  std::vector<int64_t>& order = grouped.first;
+  const std::vector<int64_t>& bounds = grouped.second;
   const int64_t groups = static_cast<int64_t>(bounds.size()) - 1;
   std::vector<double> per_user(static_cast<size_t>(std::max<int64_t>(groups, 0)),
                                std::numeric_limits<double>::quiet_NaN());

@@ -13,7 +13,10 @@
 // it); a trainer re-applies its freezing schedule after loading.
 
 #include <rectrain/core/atomic_file.hpp>
+#include <rectrain/core/crash_point.hpp>
 #include <rectrain/core/error.hpp>
+#include <rectrain/core/mapped_file.hpp>
+#include <rectrain/core/torch_archive.hpp>
 
 #include <torch/torch.h>
 
@@ -122,7 +125,20 @@ class Checkpoint {
       e.save(part);
       archive.write(e.name, part);
     }
-    write_atomically(path, [&](const std::string& temp) { archive.save_to(temp); });
+    write_stream_atomically(path, [&](std::ostream& out) {
+      bool started = false;
+      archive.save_to([&](const void* bytes, size_t n) -> size_t {
+        out.write(static_cast<const char*>(bytes), static_cast<std::streamsize>(n));
+        if (!started) {
+          started = true;
+          out.flush();
+          detail::crash_point("checkpoint.write");
+        }
+        return out ? n : 0;
+      });
+      out.flush();
+      detail::crash_point("checkpoint.rename");
+    });
   }
 
   /// Loads every bound object from `path`. Errors name the file and the
@@ -133,11 +149,36 @@ class Checkpoint {
     if (::stat(path.c_str(), &st) != 0 || !S_ISREG(st.st_mode))
       throw Error(detail::concat("checkpoint ", path, ": no such file"));
     torch::serialize::InputArchive archive;
+    auto unreadable = [&](const std::string& why) {
+      return Error(detail::concat("checkpoint ", path, ": not a readable LibTorch archive (", why, ")"));
+    };
     try {
+      // LibTorch's reader trusts the file; check it first (torch_archive.hpp).
+      {
+        const detail::MappedFile file(path);
+        if (file.size() == 0) throw unreadable("empty file");
+        // The directory first: PyTorchStreamReader is safe to build once it holds.
+        detail::index_torch_archive(file.data(), file.size(), path);
+        caffe2::serialize::PyTorchStreamReader reader(path);
+        detail::check_torch_archive(file.data(), file.size(), path, /*module_code=*/true, [&](const std::string& name) {
+          const auto record = reader.getRecord(name);
+          return std::string(static_cast<const char*>(std::get<0>(record).get()), std::get<1>(record));
+        });
+      }
       archive.load_from(path);
+      for (const auto& key : archive.keys()) {
+        c10::IValue value;
+        if (archive.try_read(key, value))
+          detail::for_each_tensor(value, [&](const at::Tensor& t) { detail::check_tensor_extent(t, path, key); });
+      }
+    } catch (const InputError& e) {
+      throw unreadable(e.what());
+    } catch (const Error&) {
+      throw;
     } catch (const c10::Error& e) {
-      throw Error(detail::concat("checkpoint ", path, ": not a readable LibTorch archive (",
-                                 e.what_without_backtrace(), ")"));
+      throw unreadable(e.what_without_backtrace());
+    } catch (const std::exception& e) {  // TorchScript's ErrorReport, std::bad_alloc, ...
+      throw unreadable(e.what());
     }
     torch::Tensor version;
     if (!archive.try_read("rectrain_checkpoint", version) || version.numel() != 1)

@@ -8,6 +8,7 @@
 // end of the epoch, to avoid a device sync per batch).
 
 #include <rectrain/core/compat.hpp>
+#include <rectrain/core/crash_point.hpp>
 #include <rectrain/core/error.hpp>
 #include <rectrain/data/batch_pipeline.hpp>
 
@@ -115,6 +116,7 @@ EpochStats train_epoch(ModelHolder& model, const std::vector<torch::optim::Optim
     loss.backward();
     if (options.clip_grad_norm() > 0) torch::nn::utils::clip_grad_norm_(parameters, options.clip_grad_norm());
     for (auto* optimizer : optimizers) optimizer->step();
+    detail::crash_point("epoch.step");
 
     {
       torch::NoGradGuard no_grad;
