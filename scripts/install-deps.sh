@@ -12,6 +12,12 @@ packages=(
   python3-torch           # only for the test that reads a file written by Python's torch.save
 )
 
+# `install-deps.sh sanitizers`: also clang-14 and its sanitizer and libFuzzer
+# runtimes (scripts/test-sanitizers.sh).
+if [ "${1:-}" = "sanitizers" ]; then
+  packages+=(clang-14 libclang-rt-14-dev)
+fi
+
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -131,3 +131,188 @@ TEST_CASE("rectrain-vk killed at crash points and at random times resumes to the
     finish(out);
   }
 }
+
+namespace {
+
+std::string repo_file(const std::string& relative) { return std::string(RECTRAIN_SOURCE_DIR) + "/" + relative; }
+
+/// A valid table file's bytes, and where its data.pkl lies in them.
+struct TableBytes {
+  std::string bytes;
+  uint64_t pickle = 0, pickle_size = 0;
+};
+
+TableBytes table_bytes(const TempDir& dir) {
+  Table t;
+  t.add("user_id", i64({3, 3, 5})).add("score", torch::tensor({0.5f, 1.5f, 2.5f}));
+  save_tensor_table(t, dir.file("good.pt"));
+  TableBytes out;
+  out.bytes = read_file(dir.file("good.pt"));
+  const auto index = rectrain::detail::index_torch_archive(out.bytes.data(), out.bytes.size(), "good.pt");
+  out.pickle = index.find("data.pkl")->offset;
+  out.pickle_size = index.find("data.pkl")->size;
+  return out;
+}
+
+/// Offset in `pickle` of the first `op` whose argument is `arg_bytes` long.
+uint64_t first_op(const std::string& bytes, const TableBytes& t, char op) {
+  for (uint64_t i = t.pickle; i < t.pickle + t.pickle_size; ++i)
+    if (bytes[i] == op) return i;
+  FAIL("no such opcode");
+  return 0;
+}
+
+} // namespace
+
+TEST_CASE("Fuzzer findings stay fixed: malformed archives are refused with a message", "[faults][fuzz]") {
+  TempDir dir;
+  const auto t = table_bytes(dir);
+  REQUIRE(load_tensor_table(dir.file("good.pt")).num_rows() == 3);
+  auto refused = [&](std::string bytes, const std::string& message) {
+    const std::string path = dir.file("bad.pt");
+    write_file(path, bytes);
+    CHECK_THROWS_WITH(load_tensor_table(path), Catch::Contains(path) && Catch::Contains(message));
+  };
+
+  // Inputs the fuzzers kept (tests/fuzz/regressions): a version record
+  // marked as a directory (miniz would not extract it, LibTorch parsed an
+  // unfilled buffer, threw, and leaked its zip state), and a checkpoint
+  // whose code record crashed TorchScript's type parser.
+  CHECK_THROWS_WITH(
+      load_tensor_table(repo_file("tests/fuzz/regressions/fuzz_tensor_file/version-marked-directory-leak.pt")),
+      Catch::Contains("zip entry 'archive/version' is marked as a directory"));
+  {
+    torch::nn::Linear model(4, 3);
+    Checkpoint c;
+    c.add("model", *model);
+    CHECK_THROWS_WITH(c.load(repo_file("tests/fuzz/regressions/fuzz_checkpoint/typeparser-segv.pt")),
+                      Catch::Contains("not a readable LibTorch archive"));
+  }
+
+  // Every kept input, through what its fuzzer calls: only rectrain's own
+  // errors may come out (and, in the sanitizer build, no report).
+  auto only_rectrain_errors = [](const std::function<void()>& fn) {
+    try {
+      fn();
+    } catch (const rectrain::Error&) {
+    }
+  };
+  for (const auto& entry : fs::directory_iterator(repo_file("tests/fuzz/regressions/fuzz_tensor_file"))) {
+    INFO(entry.path());
+    fs::create_directories(dir.file("replay"));
+    fs::copy_file(entry.path(), dir.file("replay/interactions.pt"), fs::copy_options::overwrite_existing);
+    CHECK_NOTHROW(only_rectrain_errors([&] { load_tensor_table(entry.path().string()); }));
+    CHECK_NOTHROW(only_rectrain_errors([&] { load_dataset(dir.file("replay")); }));
+    CHECK_NOTHROW(only_rectrain_errors([&] { load_dataset_cache(entry.path().string()); }));
+  }
+  for (const auto& entry : fs::directory_iterator(repo_file("tests/fuzz/regressions/fuzz_checkpoint"))) {
+    INFO(entry.path());
+    torch::nn::Linear model(4, 3);
+    torch::optim::Adam adam(model->parameters());
+    Checkpoint c;
+    c.add("model", *model).add("adam", adam);
+    CHECK_THROWS_AS(c.load(entry.path().string()), rectrain::Error);
+  }
+
+  // The same kinds, made by hand from a good file.
+  {
+    std::string b = t.bytes;  // no version record: LibTorch 1.13 leaked here
+    for (size_t at = b.find("archive/version"); at != std::string::npos; at = b.find("archive/version", at + 1))
+      b[at + 14] = 'X';
+    refused(b, "no version record");
+  }
+  {
+    std::string b = t.bytes;  // a string length of 2 GiB: LibTorch allocates it before reading
+    const uint64_t at = first_op(b, t, 'X');
+    b[at + 1] = '\xff', b[at + 2] = '\xff', b[at + 3] = '\xff', b[at + 4] = '\x7f';
+    refused(b, "data.pkl byte " + std::to_string(at - t.pickle) + ": a length of 2147483647");
+  }
+  {
+    std::string b = t.bytes;  // a memo index far ahead: LibTorch grows its memo table to it
+    const uint64_t at = first_op(b, t, 'q');
+    b[at + 1] = '\xc8';
+    refused(b, "memo index 200 skips ahead");
+  }
+  {
+    std::string b = t.bytes;  // the pickle cut short
+    b[t.pickle + t.pickle_size - 1] = 'N';
+    refused(b, "no STOP");
+  }
+  {
+    std::string b = t.bytes;  // a storage claiming more elements than its record holds
+    const uint64_t at = first_op(b, t, 'K');  // the first BININT1: a storage's element count (3)
+    REQUIRE(b[at + 1] == 3);
+    b[at + 1] = '\x7f';
+    refused(b, "claims 127 elements");
+  }
+  {
+    std::string b = t.bytes;  // the directory pointing past the end of the file
+    const size_t eocd = b.rfind(std::string("PK\x05\x06", 4));
+    REQUIRE(eocd != std::string::npos);
+    b[eocd + 16] = '\xff', b[eocd + 17] = '\xff', b[eocd + 18] = '\xff', b[eocd + 19] = '\x0f';
+    refused(b, "the zip directory lies outside the file");
+  }
+  refused(t.bytes.substr(0, t.bytes.size() / 2), "no zip end-of-directory record");
+}
+
+TEST_CASE("A dataset over the memory budget fails before loading, with the estimate and the budget", "[faults][memory]") {
+  TempDir dir;
+  const std::string data = dir.file("data");
+  generate_synthetic(data, SyntheticOptions::at_scale(0.002).seed(4));
+  const auto need = estimate_dataset_memory(data);
+  const Dataset ds = load_dataset(data);
+  int64_t loaded = ds.user_ids.raw_ids().nbytes() + ds.item_ids.raw_ids().nbytes();
+  for (const Table* t : {&ds.interactions, &ds.users, &ds.items, &ds.candidates})
+    for (const auto& c : t->columns()) loaded += c.value().nbytes();
+  INFO("estimate " << need.bytes << ", loaded " << loaded);
+  CHECK(need.interactions == ds.num_interactions());  // a small file: counted, not sampled
+  CHECK(need.bytes >= loaded);                         // the peak, above what stays
+  CHECK(need.bytes <= 4 * loaded);
+
+  CHECK_THROWS_WITH(load_dataset(data, DatasetOptions().memory_budget(need.bytes - 1)),
+                    Catch::Contains("dataset " + data + ": loading needs about " + format_bytes(need.bytes)) &&
+                        Catch::Contains(std::to_string(ds.num_interactions()) + " interactions at 40 bytes each") &&
+                        Catch::Contains("over the memory budget of " + format_bytes(need.bytes - 1)));
+  CHECK(load_dataset(data, DatasetOptions().memory_budget(need.bytes)).num_interactions() == ds.num_interactions());
+
+  // A large file's rows are estimated from its first MiB.
+  const auto [rows, columns] = rectrain::detail::csv_shape(data + "/interactions.csv", 4096);
+  CHECK(columns == 7);
+  CHECK(std::abs(rows - ds.num_interactions()) < ds.num_interactions() / 20);
+
+  save_dataset_cache(ds, dir.file("cache.pt"));
+  CHECK(estimate_dataset_memory(dir.file("cache.pt")).bytes == static_cast<int64_t>(fs::file_size(dir.file("cache.pt"))));
+  CHECK_THROWS_WITH(load_dataset_cache(dir.file("cache.pt"), DatasetOptions().memory_budget(1000)),
+                    Catch::Contains("over the memory budget of 1000 B"));
+  CHECK(available_memory_bytes() > 0);
+
+  const std::string vk = std::string(RECTRAIN_VK_BINARY) + " --threads 2 train --data " + data + " --out " + dir.file("out");
+  const auto refused = run_command(vk + " --memory-budget 256K");
+  CHECK_THAT(refused, Catch::Contains("over the memory budget of 256.0 KiB") && Catch::Contains("loading needs about"));
+  CHECK_FALSE(fs::exists(dir.file("out/checkpoint-seed1.pt")));
+  CHECK_THAT(run_command(vk + " --memory-budget 12X"), Catch::Contains("'12X' is not a size"));
+}
+
+TEST_CASE("rectrain-vk reports numerical faults with what to change and writes nothing", "[faults][cli]") {
+  TempDir dir;
+  const std::string vk = std::string(RECTRAIN_VK_BINARY) + " --threads 2";
+  const std::string data = dir.file("data");
+  REQUIRE_THAT(run_command(vk + " synth --scale 0.002 --seed 3 --out " + data), Catch::Contains("synth:"));
+  const std::string train = vk + " train --frozen-epochs 1 --unfrozen-epochs 1 --hidden 16 --seeds 1";
+
+  // A loss that becomes NaN: named, with the remedies; no checkpoint, no predictions.
+  const auto diverged = run_command(train + " --data " + data + " --lr 1e30 --out " + dir.file("nan"));
+  CHECK_THAT(diverged, Catch::Contains("training diverged: the") && Catch::Contains("became NaN") &&
+                           Catch::Contains("lower the learning rate"));
+  CHECK_FALSE(fs::exists(dir.file("nan/checkpoint-seed1.pt")));
+  CHECK_FALSE(fs::exists(dir.file("nan/predictions.csv")));
+
+  // NaN and infinity in an input file: the file, line and column.
+  const std::string bad = dir.file("bad");
+  fs::create_directories(bad);
+  write_file(bad + "/interactions.csv",
+             "user_id,item_id,timespent,like,dislike,share,bookmarks\n1,10,2,1,0,0,0\n1,11,inf,0,0,0,0\n");
+  CHECK_THAT(run_command(train + " --data " + bad + " --out " + dir.file("bad_out")),
+             Catch::Contains(bad + "/interactions.csv:3:3: column 'timespent'") && Catch::Contains("'inf'"));
+  CHECK_FALSE(fs::exists(dir.file("bad_out/checkpoint-seed1.pt")));
+}

@@ -283,6 +283,12 @@ int main(int argc, char** argv) {
   predict->add_option("--models", models, "train's --out directory, or model-seed*.pt files")->required();
   predict->add_option("--predictions", predictions, "Where to write predictions")->capture_default_str();
   predict->add_option("--device", run.device, "cpu or cuda")->capture_default_str();
+  std::string memory_budget = "auto";
+  for (auto* command : {train, predict})
+    command->add_option("--memory-budget", memory_budget,
+                        "Refuse a dataset whose estimated loading peak is above this: a size (12G, 512M), "
+                        "auto (the memory available now) or none")
+        ->capture_default_str();
 
   CLI11_PARSE(app, argc, argv);
   torch::set_num_threads(threads);
@@ -303,9 +309,10 @@ int main(int argc, char** argv) {
         run.seeds.push_back(value);
       }
       if (run.seeds.empty()) throw rectrain::Error("--seeds: no seed given");
+      run.memory_budget = vk::parse_memory_budget(memory_budget);
       return vk::run_train(run);
     }
-    if (*predict) return vk::run_predict(data, models, predictions, run.device);
+    if (*predict) return vk::run_predict(data, models, predictions, run.device, vk::parse_memory_budget(memory_budget));
     return run_demo(scale, dir, seed);
   } catch (const std::exception& e) {
     std::fprintf(stderr, "rectrain-vk: error: %s\n", e.what());

@@ -28,17 +28,47 @@ struct TrainRun {
   /// continues. For jobs cut into time slices, and for testing resume.
   int64_t stop_after = 0;
   int64_t workers = 2;
+  /// Refuse a dataset whose estimated loading peak is above this (bytes;
+  /// 0: no budget). See parse_memory_budget.
+  int64_t memory_budget = 0;
   RecipeConfig config;
 };
+
+/// --memory-budget: "auto" (the memory available now), "none" (or 0), or
+/// a size in bytes with an optional binary suffix: 512M, 12G, 1.5T.
+inline int64_t parse_memory_budget(const std::string& text) {
+  if (text == "auto") return rectrain::available_memory_bytes();
+  if (text == "none") return 0;
+  size_t used = 0;
+  double value = -1;
+  try {
+    value = std::stod(text, &used);
+  } catch (const std::exception&) {
+    used = 0;
+  }
+  std::string suffix = text.substr(used);
+  if (!suffix.empty() && (suffix.back() == 'B' || suffix.back() == 'b')) suffix.pop_back();
+  if (suffix.size() > 1 && suffix.back() == 'i') suffix.pop_back();
+  double scale = 1;
+  if (suffix == "K" || suffix == "k") scale = 1024.0;
+  else if (suffix == "M" || suffix == "m") scale = 1024.0 * 1024;
+  else if (suffix == "G" || suffix == "g") scale = 1024.0 * 1024 * 1024;
+  else if (suffix == "T" || suffix == "t") scale = 1024.0 * 1024 * 1024 * 1024;
+  else if (!suffix.empty()) used = 0;
+  if (used == 0 || !(value >= 0) || value * scale > 9.0e18)
+    throw rectrain::Error("--memory-budget: '" + text + "' is not a size (e.g. 12G, 512M), auto or none");
+  return static_cast<int64_t>(value * scale);
+}
 
 inline double seconds_since(std::chrono::steady_clock::time_point t0) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
 }
 
 /// A dataset directory, or a binary cache written by save_dataset_cache.
-inline rectrain::Dataset load_data(const std::string& data) {
-  if (std::filesystem::is_regular_file(data)) return rectrain::load_dataset_cache(data);
-  return rectrain::load_dataset(data);
+inline rectrain::Dataset load_data(const std::string& data, int64_t memory_budget) {
+  const auto options = rectrain::DatasetOptions().memory_budget(memory_budget);
+  if (std::filesystem::is_regular_file(data)) return rectrain::load_dataset_cache(data, options);
+  return rectrain::load_dataset(data, options);
 }
 
 inline std::string seed_file(const std::string& out, const char* stem, uint64_t seed) {
@@ -321,7 +351,7 @@ inline int run_train(const TrainRun& run) {
   const auto t0 = std::chrono::steady_clock::now();
   std::printf("rectrain-vk train: rectrain %s, LibTorch %d.%d, %d threads, device %s\n", version_string,
               TORCH_VERSION_MAJOR, TORCH_VERSION_MINOR, at::get_num_threads(), run.device.c_str());
-  auto loaded = load_data(run.data);
+  auto loaded = load_data(run.data, run.memory_budget);
   std::printf("data: %lld interactions, %lld users, %lld items, %lld sources, %lld candidates (%.1f s)\n",
               static_cast<long long>(loaded.num_interactions()), static_cast<long long>(loaded.num_users()),
               static_cast<long long>(loaded.num_items()), static_cast<long long>(loaded.num_sources()),
@@ -338,7 +368,7 @@ inline int run_train(const TrainRun& run) {
   meta.interactions = Table();
   for (size_t k = 0; k < run.seeds.size(); ++k) {
     const auto seed = run.seeds[k];
-    scores.push_back(train_seed(k == 0 ? std::move(loaded) : load_data(run.data), all_views, run, seed, log,
+    scores.push_back(train_seed(k == 0 ? std::move(loaded) : load_data(run.data, run.memory_budget), all_views, run, seed, log,
                                 epoch_budget));
     if (!scores.back().defined()) {
       std::printf("train: stopped after %lld epochs (--stop-after); continue with --resume\n",
@@ -369,10 +399,10 @@ inline int run_train(const TrainRun& run) {
 /// Scores candidates.csv with every model-seed*.pt in `models` (or the
 /// files listed) and writes their ensemble.
 inline int run_predict(const std::string& data, const std::vector<std::string>& models, const std::string& predictions,
-                       const std::string& device_name) {
+                       const std::string& device_name, int64_t memory_budget) {
   using namespace rectrain;
   const torch::Device device(device_name);
-  const auto ds = load_data(data);
+  const auto ds = load_data(data, memory_budget);
   if (ds.candidates.num_rows() == 0) throw Error("predict: " + data + " has no candidates to score");
   const auto views = item_view_counts(ds);
   std::vector<std::string> files;

@@ -7,6 +7,7 @@
 #include <rectrain/als/sparse_matrix.hpp>
 #include <rectrain/core/atomic_file.hpp>
 #include <rectrain/core/compat.hpp>
+#include <rectrain/core/crash_point.hpp>
 #include <rectrain/core/error.hpp>
 #include <rectrain/core/huge_pages.hpp>
 #include <rectrain/core/id_map.hpp>
@@ -18,6 +19,7 @@
 #include <rectrain/data/batch_pipeline.hpp>
 #include <rectrain/data/csv.hpp>
 #include <rectrain/data/dataset.hpp>
+#include <rectrain/data/dataset_memory.hpp>
 #include <rectrain/data/group_sampler.hpp>
 #include <rectrain/data/predictions.hpp>
 #include <rectrain/data/synthetic.hpp>

@@ -506,7 +506,9 @@ class CpuAlsSolver {
       }
       Eigen::LLT<Matrix> llt(w.a);
       if (llt.info() != Eigen::Success)
-        throw Error(concat("implicit ALS: the normal equations of row ", row, " are not positive definite"));
+        throw Error(concat("implicit ALS: the normal equations of row ", row,
+                           " are not positive definite (regularization ", p_.regularization,
+                           "); raise regularization (or lower alpha)"));
       VectorMap(xp + row * f, f) = llt.solve(w.b);
     });
   }

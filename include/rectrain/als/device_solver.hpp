@@ -167,7 +167,8 @@ class DeviceAlsSolver {
           const auto b = torch::bmm(yb.transpose(1, 2), conf.unsqueeze(2));
           const auto chol = torch::linalg_cholesky_ex(a);
           if ((std::get<1>(chol) != 0).any().item<bool>())
-            throw Error("implicit ALS: a row's normal equations are not positive definite");
+            throw Error(concat("implicit ALS: a row's normal equations are not positive definite (regularization ",
+                               p_.regularization, "); raise regularization (or lower alpha)"));
           x.index_copy_(0, rows, torch::cholesky_solve(b, std::get<0>(chol)).squeeze(2));
           return;
         }

@@ -74,16 +74,21 @@ inline TorchArchiveIndex index_torch_archive(const char* data, uint64_t size, co
     --eocd;
   }
   uint64_t entries = le(data + eocd + 10, 2), dir_size = le(data + eocd + 12, 4), dir_offset = le(data + eocd + 16, 4);
-  if (entries == 0xFFFF || dir_size == 0xFFFFFFFF || dir_offset == 0xFFFFFFFF) {
-    // Zip64 (archives over 4 GiB): a locator just before the record above.
-    if (eocd < 20 || le(data + eocd - 20, 4) != 0x07064b50) fail("zip64 archive without its locator");
+  // Zip64 (PyTorch writes it always): a locator just before the record
+  // above, pointing at a record whose values LibTorch's miniz then uses,
+  // whether or not the ones above overflowed. Read it the same way.
+  bool zip64 = false;
+  if (eocd >= 20 && le(data + eocd - 20, 4) == 0x07064b50) {
     const uint64_t at = le(data + eocd - 20 + 8, 8);
-    need(at, 56, "the zip64 directory record");
-    if (le(data + at, 4) != 0x06064b50) fail("bad zip64 directory record");
-    entries = le(data + at + 32, 8);
-    dir_size = le(data + at + 40, 8);
-    dir_offset = le(data + at + 48, 8);
+    if (at <= size && size - at >= 56 && le(data + at, 4) == 0x06064b50) {
+      zip64 = true;
+      entries = le(data + at + 32, 8);
+      dir_size = le(data + at + 40, 8);
+      dir_offset = le(data + at + 48, 8);
+    }
   }
+  if (!zip64 && (entries == 0xFFFF || dir_size == 0xFFFFFFFF || dir_offset == 0xFFFFFFFF))
+    fail("zip64 archive without its directory record");
   need(dir_offset, dir_size, "the zip directory");
   if (entries == 0) fail("the archive holds no files");
   if (entries > dir_size / 46) fail(concat("the zip directory claims ", entries, " entries in ", dir_size, " bytes"));
@@ -93,7 +98,8 @@ inline TorchArchiveIndex index_torch_archive(const char* data, uint64_t size, co
   const uint64_t dir_end = dir_offset + dir_size;
   for (uint64_t e = 0; e < entries; ++e) {
     if (p > dir_end || dir_end - p < 46 || le(data + p, 4) != 0x02014b50) fail(concat("bad zip directory entry ", e));
-    const uint64_t method = le(data + p + 10, 2);
+    const uint64_t flags = le(data + p + 8, 2), method = le(data + p + 10, 2);
+    const uint64_t attributes = le(data + p + 38, 4);
     uint64_t packed = le(data + p + 20, 4), unpacked = le(data + p + 24, 4);
     const uint64_t name_len = le(data + p + 28, 2), extra_len = le(data + p + 30, 2), comment_len = le(data + p + 32, 2);
     uint64_t local = le(data + p + 42, 4);
@@ -119,6 +125,15 @@ inline TorchArchiveIndex index_torch_archive(const char* data, uint64_t size, co
     const uint64_t start = local + 30 + le(data + local + 26, 2) + le(data + local + 28, 2);
     need(start, packed, concat("zip entry '", name, "'").c_str());
     if (method == 0 && packed != unpacked) fail(concat("stored zip entry '", name, "' has two sizes"));
+    // What miniz will not extract (LibTorch then reads an unfilled buffer).
+    if (method != 0 && method != 8) fail(concat("zip entry '", name, "' uses compression method ", method));
+    // Deflate expands at most 1032-fold: a larger claim would only make
+    // LibTorch allocate it.
+    if (method == 8 && unpacked / 1032 > packed + 1)
+      fail(concat("zip entry '", name, "' claims ", unpacked, " bytes from ", packed, " compressed"));
+    if (flags & 0x61) fail(concat("zip entry '", name, "' is encrypted or patched"));
+    if ((attributes & 0x10) || (!name.empty() && name.back() == '/'))
+      fail(concat("zip entry '", name, "' is marked as a directory"));
     if (e == 0) {
       const size_t slash = name.find('/');
       if (slash == std::string::npos) fail(concat("first file '", name, "' is not in a folder"));

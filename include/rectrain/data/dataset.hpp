@@ -8,6 +8,7 @@
 #include <rectrain/core/error.hpp>
 #include <rectrain/core/id_map.hpp>
 #include <rectrain/data/csv.hpp>
+#include <rectrain/data/dataset_memory.hpp>
 #include <rectrain/data/table.hpp>
 #include <rectrain/data/tensor_file.hpp>
 
@@ -33,6 +34,9 @@ struct DatasetOptions {
   TORCH_ARG(bool, load_candidates) = true;
   /// Fail when there is no candidates file.
   TORCH_ARG(bool, require_candidates) = false;
+  /// Refuse, before reading anything, a dataset whose estimated loading
+  /// peak (estimate_dataset_memory) is above this many bytes; 0: no budget.
+  TORCH_ARG(int64_t, memory_budget) = 0;
 };
 
 /// Everything in a dataset directory, on the CPU, ids remapped.
@@ -243,6 +247,8 @@ inline void check_unique_ids(const torch::Tensor& ids, const std::string& path, 
 
 /// Loads a dataset directory (see DATA_FORMAT.md).
 inline Dataset load_dataset(const std::string& dir, const DatasetOptions& options = {}) {
+  if (options.memory_budget() > 0)
+    check_memory_budget(estimate_dataset_memory(dir), options.memory_budget(), "dataset " + dir);
   Dataset ds;
   std::string path;
 
@@ -414,10 +420,13 @@ inline void save_dataset_cache(const Dataset& ds, const std::string& path) {
   save_pickle(c10::IValue(dict), path);
 }
 
-/// Loads what save_dataset_cache wrote. Tensors map the file's pages
+/// Loads what save_dataset_cache wrote (of `options`, only memory_budget
+/// applies). Tensors map the file's pages
 /// (copy-on-write) instead of copying them, so this costs little more than
 /// reading the directory of the archive.
-inline Dataset load_dataset_cache(const std::string& path) {
+inline Dataset load_dataset_cache(const std::string& path, const DatasetOptions& options = {}) {
+  if (options.memory_budget() > 0)
+    check_memory_budget(estimate_dataset_memory(path), options.memory_budget(), "dataset cache " + path);
   const c10::IValue value = detail::load_pickle_mapped(path);
   if (!value.isGenericDict()) throw InputError(path, 0, 0, "", "not a rectrain dataset cache");
   const auto dict = value.toGenericDict();

@@ -53,6 +53,13 @@ inline c10::IValue load_pickle_mapped(const std::string& path) {
       const ArchiveRecord* record = index.find("data/" + name);
       if (!record || !record->stored)
         throw InputError(path, 0, 0, "", concat("not a readable torch.save archive: no stored record data/", name));
+      // torch.save aligns records to 64 bytes; a record that is not (a
+      // hand-made or damaged file) is copied, so no load is misaligned.
+      if (record->offset % 64 != 0) {
+        at::DataPtr copy = at::getCPUAllocator()->allocate(static_cast<size_t>(record->size));
+        if (record->size > 0) std::memcpy(copy.get(), file->data() + record->offset, static_cast<size_t>(record->size));
+        return copy;
+      }
       auto* keep_alive = new std::shared_ptr<MappedFile>(file);
       return at::DataPtr(file->data() + record->offset, keep_alive,
                          [](void* ctx) { delete static_cast<std::shared_ptr<MappedFile>*>(ctx); },

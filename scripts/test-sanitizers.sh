@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# CI's second pass: the whole test suite again, built with clang-14's
+# AddressSanitizer (leaks included) and UndefinedBehaviorSanitizer; any
+# report fails it. Then each libFuzzer target runs over its seed corpus for
+# FUZZ_SECONDS (60 by default); a crash, hang, leak or out-of-memory fails.
+#
+# OpenMP is off in this build: clang's runtime (libomp) and LibTorch's
+# (libgomp) would both be loaded. at::parallel_for then runs serially in
+# rectrain's own code; LibTorch's kernels keep their threads.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/install-deps.sh sanitizers
+build=${SANITIZER_BUILD_DIR:-build-sanitize}
+cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DCMAKE_CXX_COMPILER=clang++-14 \
+  -DCMAKE_CXX_FLAGS=-gline-tables-only -DRECTRAIN_SANITIZE=address,undefined \
+  -DCMAKE_DISABLE_FIND_PACKAGE_OpenMP=ON -DRECTRAIN_BUILD_BENCHMARKS=OFF -DRECTRAIN_BUILD_FUZZERS=ON >/dev/null
+cmake --build "$build"
+
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
+export ASAN_OPTIONS=detect_leaks=1:detect_stack_use_after_return=1:check_initialization_order=1:strict_init_order=1
+export UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
+(cd "$build" && ctest --output-on-failure)
+
+bash scripts/fuzz.sh "$build" "${FUZZ_SECONDS:-60}"
