@@ -169,6 +169,7 @@ TEST_CASE("Fuzzer findings stay fixed: malformed archives are refused with a mes
   const auto t = table_bytes(dir);
   REQUIRE(load_tensor_table(dir.file("good.pt")).num_rows() == 3);
   auto refused = [&](std::string bytes, const std::string& message) {
+    INFO(message);
     const std::string path = dir.file("bad.pt");
     write_file(path, bytes);
     CHECK_THROWS_WITH(load_tensor_table(path), Catch::Contains(path) && Catch::Contains(message));
@@ -246,10 +247,10 @@ TEST_CASE("Fuzzer findings stay fixed: malformed archives are refused with a mes
     refused(b, "claims 127 elements");
   }
   {
-    std::string b = t.bytes;  // the directory pointing past the end of the file
-    const size_t eocd = b.rfind(std::string("PK\x05\x06", 4));
-    REQUIRE(eocd != std::string::npos);
-    b[eocd + 16] = '\xff', b[eocd + 17] = '\xff', b[eocd + 18] = '\xff', b[eocd + 19] = '\x0f';
+    std::string b = t.bytes;  // the directory pointing past the end of the file (PyTorch writes zip64)
+    const size_t zip64 = b.rfind(std::string("PK\x06\x06", 4));
+    REQUIRE(zip64 != std::string::npos);
+    b[zip64 + 48] = '\xff', b[zip64 + 49] = '\xff', b[zip64 + 50] = '\xff', b[zip64 + 51] = '\x0f';
     refused(b, "the zip directory lies outside the file");
   }
   refused(t.bytes.substr(0, t.bytes.size() / 2), "no zip end-of-directory record");
