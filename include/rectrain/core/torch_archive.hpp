@@ -37,7 +37,6 @@ struct ArchiveRecord {
 struct TorchArchiveIndex {
   std::string folder;  ///< the archive's top folder (LibTorch's "archive name")
   std::map<std::string, ArchiveRecord> records;
-  uint64_t version = 0;
 
   const ArchiveRecord* find(const std::string& name) const {
     const auto it = records.find(name);
@@ -148,13 +147,12 @@ inline TorchArchiveIndex index_torch_archive(const char* data, uint64_t size, co
 
   // LibTorch reads one or the other, by version: both must hold a version it reads.
   if (!index.find(".data/version") && !index.find("version")) fail("no version record");
-  uint64_t value = 0;
   for (const char* name : {".data/version", "version"}) {
     const ArchiveRecord* version = index.find(name);
     if (!version) continue;
     if (!version->stored || version->size == 0 || version->size > 20) fail("unreadable version record");
     const char* v = data + version->offset;
-    value = 0;
+    uint64_t value = 0;
     uint64_t k = 0;
     for (; k < version->size && v[k] >= '0' && v[k] <= '9'; ++k) value = value * 10 + static_cast<uint64_t>(v[k] - '0');
     for (uint64_t j = k; j < version->size; ++j)
@@ -165,7 +163,6 @@ inline TorchArchiveIndex index_torch_archive(const char* data, uint64_t size, co
       fail(concat("format version ", value, "; this LibTorch reads ", caffe2::serialize::kMinSupportedFileFormatVersion,
                   " to ", caffe2::serialize::kMaxSupportedFileFormatVersion));
   }
-  index.version = value;
   return index;
 }
 
@@ -462,14 +459,13 @@ inline void check_module_code(const char* data, uint64_t size, const std::string
   }
 }
 
-/// Indexes the archive and walks every pickle in it; with `module_code`
-/// (archives of torch::serialize::OutputArchive) checks its code records
-/// too. Compressed records (TorchScript compresses its code) are read with
+/// Walks every pickle of an indexed archive; with `module_code` (archives
+/// of torch::serialize::OutputArchive) checks its code records too.
+/// Compressed records (TorchScript compresses its code) are read with
 /// `read_compressed`; without one they are refused.
-inline TorchArchiveIndex check_torch_archive(
-    const char* data, uint64_t size, const std::string& path, bool module_code = false,
-    const std::function<std::string(const std::string&)>& read_compressed = nullptr) {
-  TorchArchiveIndex index = index_torch_archive(data, size, path);
+inline void check_archive_records(const TorchArchiveIndex& index, const char* data, const std::string& path,
+                                  bool module_code = false,
+                                  const std::function<std::string(const std::string&)>& read_compressed = nullptr) {
   auto ends_with = [](const std::string& name, const char* suffix) {
     const size_t n = std::strlen(suffix);
     return name.size() > n && name.compare(name.size() - n, n, suffix) == 0;
@@ -494,6 +490,12 @@ inline TorchArchiveIndex check_torch_archive(
   }
   if (!index.find("data.pkl"))
     throw InputError(path, 0, 0, "", "not a readable torch.save archive: no data.pkl record");
+}
+
+/// Indexes the archive and checks its records (check_archive_records).
+inline TorchArchiveIndex check_torch_archive(const char* data, uint64_t size, const std::string& path) {
+  TorchArchiveIndex index = index_torch_archive(data, size, path);
+  check_archive_records(index, data, path);
   return index;
 }
 

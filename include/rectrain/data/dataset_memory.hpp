@@ -12,6 +12,7 @@
 #include <rectrain/core/error.hpp>
 #include <rectrain/core/mapped_file.hpp>
 #include <rectrain/core/torch_archive.hpp>
+#include <rectrain/data/csv.hpp>
 
 #include <algorithm>
 #include <cstdint>
@@ -66,12 +67,12 @@ inline std::pair<int64_t, int64_t> csv_shape(const std::string& path, int64_t sa
   const char* data = file.data();
   const auto size = static_cast<int64_t>(file.size());
   if (size == 0) return {0, 0};
-  const char* header_end = static_cast<const char*>(std::memchr(data, '\n', static_cast<size_t>(size)));
-  const int64_t header = header_end ? header_end - data + 1 : size;
+  const char* header_end = line_end(data, data + size);
+  const int64_t header = header_end < data + size ? header_end - data + 1 : size;
   const int64_t columns = std::count(data, data + header, ',') + 1;
   const int64_t body = size - header;
   const int64_t seen = std::min(body, sample);
-  int64_t lines = std::count(data + header, data + header + seen, '\n');
+  int64_t lines = count_newlines(data + header, data + header + seen);
   if (seen == body) return {lines + (body > 0 && data[size - 1] != '\n'), columns};
   lines = std::max<int64_t>(lines, 1);
   return {static_cast<int64_t>(static_cast<double>(body) * static_cast<double>(lines) / static_cast<double>(seen)),

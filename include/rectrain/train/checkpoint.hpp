@@ -158,9 +158,9 @@ class Checkpoint {
         const detail::MappedFile file(path);
         if (file.size() == 0) throw unreadable("empty file");
         // The directory first: PyTorchStreamReader is safe to build once it holds.
-        detail::index_torch_archive(file.data(), file.size(), path);
+        const auto index = detail::index_torch_archive(file.data(), file.size(), path);
         caffe2::serialize::PyTorchStreamReader reader(path);
-        detail::check_torch_archive(file.data(), file.size(), path, /*module_code=*/true, [&](const std::string& name) {
+        detail::check_archive_records(index, file.data(), path, /*module_code=*/true, [&](const std::string& name) {
           const auto record = reader.getRecord(name);
           return std::string(static_cast<const char*>(std::get<0>(record).get()), std::get<1>(record));
         });
