@@ -137,8 +137,12 @@ TEST_CASE("predictions round-trip and match candidates", "[metrics][predictions]
   const auto path = dir.file("p.csv");
   write_predictions(path, i64({5, 5, 6}), i64({1, 2, 1}), torch::tensor({0.25f, 1e-7f, -3.0f}));
   CHECK(rectrain_test::read_file(path) == "user_id,item_id,predict\n5,1,0.25\n5,2,1e-07\n6,1,-3\n");
-  const auto scores = match_predictions(path, i64({6, 5}), i64({1, 2}));
+  const auto scores = match_predictions(path, i64({6, 5}), i64({1, 2}), /*allow_extra_rows=*/true);
   CHECK(scores.equal(torch::tensor({-3.0f, 1e-7f})));
+  // A prediction for a pair that is not a candidate: named, by default.
+  CHECK_THROWS_WITH(match_predictions(path, i64({6, 5}), i64({1, 2})),
+                    Catch::Contains(path + ":2: user_id 5, item_id 1 is not a candidate (1 of the 3"));
+  CHECK(match_predictions(path, i64({6, 5, 5}), i64({1, 2, 1})).equal(torch::tensor({-3.0f, 1e-7f, 0.25f})));
   CHECK_THROWS_WITH(match_predictions(path, i64({7}), i64({1})),
                     Catch::Contains("no prediction for candidate user_id 7"));
   CHECK_THROWS_AS(write_predictions(path, i64({1}), i64({1}), torch::tensor({NAN})), TensorError);

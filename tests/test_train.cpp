@@ -350,9 +350,12 @@ TEST_CASE("rectrain-vk train, predict and --resume", "[train][cli]") {
   CHECK(read_file(dir.file("cut/predictions.csv")) == read_file(dir.file("full/predictions.csv")));
   const auto cut_log = read_file(dir.file("cut/metrics.jsonl"));
   CHECK(std::count(cut_log.begin(), cut_log.end(), '\n') == 4);
-  CHECK_THAT(run_command(vk + " train --data " + data + " --hidden 8 --frozen-epochs 1 --unfrozen-epochs 1 --seeds 1" +
+  CHECK_THAT(run_command(vk + " train --data " + data + " --hidden 8 --frozen-epochs 1 --unfrozen-epochs 1 --seeds 1,2" +
                          cut + " --resume"),
              Catch::Contains("other settings") && Catch::Contains("hidden=32,16"));
+  // A resumed run with fewer seeds would leave the others' models for predict.
+  CHECK_THAT(run_command(vk + " train" + flags.substr(0, flags.find(" --seeds")) + " --seeds 1" + cut + " --resume"),
+             Catch::Contains("holds checkpoint-seed2.pt, from a seed this run does not train (--seeds 1)"));
 
   CHECK_THAT(full, Catch::Contains("training: 4 epochs in") && Catch::Contains("of torch::mm's rate"));
 

@@ -9,6 +9,7 @@
 #include <torch/torch.h>
 
 #include <chrono>
+#include <cmath>
 #include <cstdio>
 #include <filesystem>
 #include <iostream>
@@ -38,6 +39,7 @@ void print_gauc(const std::string& name, const rectrain::Dataset& ds, const torc
 }
 
 int run_synth(double scale, const std::string& out, uint64_t seed) {
+  if (!(scale > 0 && scale <= 1)) throw rectrain::Error("synth: --scale must be in (0, 1], got " + std::to_string(scale));
   const auto t0 = clock_type::now();
   const auto s = rectrain::generate_synthetic(out, rectrain::SyntheticOptions::at_scale(scale).seed(seed));
   std::printf("synth: %lld users, %lld items, %lld sources, %lld interactions, %lld candidates in %s (%.1f s)\n",
@@ -51,6 +53,7 @@ int run_synth(double scale, const std::string& out, uint64_t seed) {
 
 int run_baseline(const std::string& data, const std::string& predictions, const std::string& which,
                  uint64_t seed) {
+  rectrain::protect_input(data);
   const auto ds = rectrain::load_dataset(data, rectrain::DatasetOptions().require_candidates(true));
   if (!ds.candidates.contains("target"))
     std::printf("baseline: %s/candidates has no target column; writing predictions only\n", data.c_str());
@@ -72,6 +75,10 @@ int run_eval(const std::string& candidates, const std::string& predictions) {
                                                  {"target", rectrain::CsvType::Integer, true, -1, 1}});
   const auto scores = rectrain::match_predictions(predictions, c["user_id"], c["item_id"]);
   const auto m = rectrain::gauc(c["user_id"], c["target"], scores);
+  if (m.users == 0)
+    throw rectrain::Error("eval: GAUC is undefined: no user of " + candidates +
+                          " has two different targets (GAUC averages AUC over users with both a better and a worse "
+                          "candidate)");
   std::printf("GAUC %.6f users %lld\n", m.value, static_cast<long long>(m.users));
   return 0;
 }
@@ -103,6 +110,12 @@ rectrain::AlsFactors fit_als(const char* name, const rectrain::CsrMatrix& m, int
 }
 
 int run_als(const std::string& data, const std::string& out, const AlsSettings& s, uint64_t seed) {
+  vk::parse_device(s.device);
+  if (s.iterations < 1 || !(s.regularization >= 0) || !std::isfinite(s.regularization) || !(s.alpha >= 0) ||
+      !std::isfinite(s.alpha) || s.source_factors < 0)
+    throw rectrain::Error("als: need --iterations >= 1, finite --regularization >= 0, finite --alpha >= 0 and "
+                          "--source-factors >= 0");
+  rectrain::protect_input(data);
   auto t0 = clock_type::now();
   const auto ds = rectrain::load_dataset(data);
   std::printf("als: loaded %s in %.2f s\n", data.c_str(), seconds_since(t0));
@@ -126,6 +139,7 @@ int run_als(const std::string& data, const std::string& out, const AlsSettings& 
   }
   std::filesystem::create_directories(out);
   const std::string path = (std::filesystem::path(out) / "als.pt").string();
+  const rectrain::DirectoryLock lock(out, "rectrain-vk als");
   rectrain::save_pickle(c10::IValue(saved), path);
   std::printf("als: wrote %s (torch.save format: a dict of tensors)\n", path.c_str());
   if (ds.candidates.num_rows() > 0 && ds.candidates.contains("target")) {
@@ -240,6 +254,11 @@ int main(int argc, char** argv) {
   train->add_option("--seeds", seeds, "Comma-separated seeds: one model each, predictions averaged")
       ->capture_default_str();
   train->add_flag("--resume", run.resume, "Continue from the checkpoints in --out");
+  train->add_flag("--overwrite", run.overwrite,
+                  "Start afresh in an --out that holds another run's outputs (removing them first)");
+  train->add_flag("--extra-heads", cfg.extra_heads,
+                  "Train a head on each extra numeric column of interactions (binary for 0/1 columns, regression "
+                  "otherwise)");
   train->add_option("--stop-after", run.stop_after, "Stop after this many epochs (0: never); continue with --resume")
       ->capture_default_str();
   train->add_option("--workers", run.workers, "Batch pipeline threads")->capture_default_str();
@@ -261,7 +280,8 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   train->add_option("--als-iterations", cfg.als_iterations, "ALS iterations")->capture_default_str();
   train->add_option("--als-regularization", cfg.als_regularization, "ALS lambda")->capture_default_str();
-  train->add_option("--hidden", cfg.hidden, "Widths of the shared MLP")->delimiter(',')->capture_default_str();
+  std::string hidden = "512,256";
+  train->add_option("--hidden", hidden, "Widths of the shared MLP, comma-separated")->capture_default_str();
   train->add_option("--dropout", cfg.dropout, "Dropout after each MLP block")->capture_default_str();
   train->add_option("--normalization", cfg.normalization, "layernorm, batchnorm or none")->capture_default_str();
   train->add_option("--margin", cfg.margin, "Pairwise margin of the target head")->capture_default_str();
@@ -283,6 +303,10 @@ int main(int argc, char** argv) {
   predict->add_option("--models", models, "train's --out directory, or model-seed*.pt files")->required();
   predict->add_option("--predictions", predictions, "Where to write predictions")->capture_default_str();
   predict->add_option("--device", run.device, "cpu or cuda")->capture_default_str();
+  bool durable = false;
+  for (auto* command : {synth, baseline, als, train, predict})
+    command->add_flag("--durable", durable,
+                      "fsync every file written and its directory before going on (survives a power cut)");
   std::string memory_budget = "auto";
   for (auto* command : {train, predict})
     command->add_option("--memory-budget", memory_budget,
@@ -292,6 +316,15 @@ int main(int argc, char** argv) {
 
   CLI11_PARSE(app, argc, argv);
   torch::set_num_threads(threads);
+  rectrain::set_durable_writes(durable);
+  rectrain::set_warning_handler([](const std::string& message) {
+    std::fprintf(stderr, "rectrain-vk: warning: %s\n", message.c_str());
+  });
+  // Every failure is one message (and exit 1), never a LibTorch stack trace.
+  auto report = [](const std::string& what) {
+    std::fprintf(stderr, "rectrain-vk: error: %s\n", what.c_str());
+    return 1;
+  };
   try {
     if (*synth) return run_synth(scale, out, seed);
     if (*baseline) return run_baseline(data, predictions, which, seed);
@@ -301,21 +334,24 @@ int main(int argc, char** argv) {
       cfg.freeze = !no_freeze;
       cfg.als = !no_als;
       cfg.popularity = !no_popularity;
-      run.seeds.clear();
-      for (const auto& s : vk::split(seeds)) {
-        size_t used = 0;
-        const auto value = std::stoull(s, &used);
-        if (used != s.size()) throw rectrain::Error("--seeds: '" + s + "' is not a number");
-        run.seeds.push_back(value);
-      }
-      if (run.seeds.empty()) throw rectrain::Error("--seeds: no seed given");
+      cfg.hidden = vk::parse_widths(hidden, "--hidden");
+      run.seeds = vk::parse_seeds(seeds);
+      cfg.validate();
+      if (run.workers < 0) throw rectrain::Error("--workers must be >= 0, got " + std::to_string(run.workers));
+      if (run.stop_after < 0) throw rectrain::Error("--stop-after must be >= 0, got " + std::to_string(run.stop_after));
       run.memory_budget = vk::parse_memory_budget(memory_budget);
+      for (int i = 0; i < argc; ++i) run.command += (i ? " " : "") + std::string(argv[i]);
       return vk::run_train(run);
     }
     if (*predict) return vk::run_predict(data, models, predictions, run.device, vk::parse_memory_budget(memory_budget));
     return run_demo(scale, dir, seed);
+  } catch (const c10::Error& e) {
+    // LibTorch's own message, without its backtrace.
+    std::string what = e.what_without_backtrace();
+    const auto newline = what.find('\n');
+    if (newline != std::string::npos) what.resize(newline);
+    return report("LibTorch: " + what + " (rerun with TORCH_SHOW_CPP_STACKTRACES=1 for where)");
   } catch (const std::exception& e) {
-    std::fprintf(stderr, "rectrain-vk: error: %s\n", e.what());
-    return 1;
+    return report(e.what());
   }
 }

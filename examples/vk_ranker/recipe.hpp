@@ -24,6 +24,35 @@ inline const std::vector<std::string>& table_updates() {
   return names;
 }
 
+inline rectrain::Normalization parse_normalization(const std::string& name) {
+  if (name == "layernorm") return rectrain::Normalization::LayerNorm;
+  if (name == "batchnorm") return rectrain::Normalization::BatchNorm;
+  if (name == "none") return rectrain::Normalization::None;
+  throw rectrain::Error("--normalization must be layernorm, batchnorm or none; got '" + name + "'");
+}
+
+/// "512,256" as widths; `what` names the flag or file in errors.
+inline std::vector<int64_t> parse_widths(const std::string& text, const std::string& what) {
+  std::vector<int64_t> out;
+  size_t start = 0;
+  while (start <= text.size()) {
+    const size_t comma = std::min(text.find(',', start), text.size());
+    const std::string part = text.substr(start, comma - start);
+    size_t used = 0;
+    long long v = 0;
+    try {
+      v = std::stoll(part, &used);
+    } catch (const std::exception&) {
+      used = 0;
+    }
+    if (part.empty() || used != part.size() || v < 1)
+      throw rectrain::Error(what + ": '" + text + "' is not a list of positive widths (e.g. 512,256)");
+    out.push_back(v);
+    start = comma + 1;
+  }
+  return out;
+}
+
 /// Everything `train` is told. 0 / empty means "choose from the data size"
 /// (see adapt_to()).
 struct RecipeConfig {
@@ -59,11 +88,55 @@ struct RecipeConfig {
   /// GAUC on every dataset measured; see docs/performance.md).
   std::string table_update = "sparse";
   bool bf16 = false;
+  /// Train a head on every extra numeric column of interactions.csv too
+  /// (binary for 0/1 columns, regression otherwise); off: they are listed
+  /// as unused.
+  bool extra_heads = false;
   // validation
   double holdout_fraction = 0.1;
   int64_t holdout_users = 20000;
 
   int64_t epochs() const { return frozen_epochs + unfrozen_epochs; }
+
+  /// Throws, naming the flag, on any setting out of its range; run before
+  /// any work, so a bad flag costs nothing.
+  void validate() const {
+    auto need = [](bool ok, const std::string& what) {
+      if (!ok) throw rectrain::Error(what);
+    };
+    auto finite = [](double v) { return std::isfinite(v); };
+    auto show = [](double v) {
+      std::ostringstream out;
+      out << v;
+      return out.str();
+    };
+    need(item_factors >= 0 && item_factors <= 4096, "--item-factors must be in [0, 4096] (0: from the data size), got " +
+                                                         std::to_string(item_factors));
+    need(source_factors >= 0 && source_factors <= 4096,
+         "--source-factors must be in [0, 4096] (0: half the item factors), got " + std::to_string(source_factors));
+    for (const auto w : hidden) need(w >= 1, "--hidden: every width must be >= 1, got " + std::to_string(w));
+    need(finite(dropout) && dropout >= 0 && dropout < 1, "--dropout must be in [0, 1), got " + show(dropout));
+    parse_normalization(normalization);
+    need(finite(margin) && margin >= 0, "--margin must be a finite number >= 0, got " + show(margin));
+    need(frozen_epochs >= 0, "--frozen-epochs must be >= 0, got " + std::to_string(frozen_epochs));
+    need(unfrozen_epochs >= 0, "--unfrozen-epochs must be >= 0, got " + std::to_string(unfrozen_epochs));
+    need(epochs() >= 1, "--frozen-epochs and --unfrozen-epochs are both 0: nothing would be trained");
+    need(als_iterations >= 1, "--als-iterations must be >= 1, got " + std::to_string(als_iterations));
+    need(finite(als_regularization) && als_regularization >= 0,
+         "--als-regularization must be a finite number >= 0, got " + show(als_regularization));
+    need(finite(lr) && lr > 0, "--lr must be a finite number > 0, got " + show(lr));
+    need(finite(weight_decay) && weight_decay >= 0, "--weight-decay must be a finite number >= 0, got " + show(weight_decay));
+    need(group_size >= 2, "--group-size must be >= 2 (the target head ranks views within a group), got " +
+                              std::to_string(group_size));
+    need(batch_groups >= 0, "--batch-groups must be >= 0 (0: from the data size), got " + std::to_string(batch_groups));
+    need(finite(clip_grad_norm) && clip_grad_norm >= 0,
+         "--clip-grad-norm must be a finite number >= 0 (0: off), got " + show(clip_grad_norm));
+    need(std::find(table_updates().begin(), table_updates().end(), table_update) != table_updates().end(),
+         "--table-update must be sparse, adam or lazy, got '" + table_update + "'");
+    need(finite(holdout_fraction) && holdout_fraction > 0 && holdout_fraction <= 1,
+         "--holdout-fraction must be in (0, 1], got " + show(holdout_fraction));
+    need(holdout_users >= 1, "--holdout-users must be >= 1, got " + std::to_string(holdout_users));
+  }
   bool frozen_in(int64_t epoch) const { return freeze && epoch < frozen_epochs; }
 
   /// Fills the sizes left at 0 from the dataset. Small data gets narrower
@@ -93,7 +166,7 @@ struct RecipeConfig {
         << "\nals=" << als << "\nals_iterations=" << als_iterations << "\nals_regularization=" << als_regularization
         << "\nlr=" << lr << "\nweight_decay=" << weight_decay << "\ngroup_size=" << group_size
         << "\nbatch_groups=" << batch_groups << "\nclip_grad_norm=" << clip_grad_norm << "\ntable_update=" << table_update
-        << "\nbf16=" << bf16
+        << "\nbf16=" << bf16 << "\nextra_heads=" << extra_heads
         << "\nholdout_fraction=" << holdout_fraction << "\nholdout_users=" << holdout_users << "\n";
     return out.str();
   }
@@ -113,14 +186,22 @@ struct RecipeConfig {
       if (it == kv.end()) throw rectrain::Error(where + ": configuration lacks '" + key + "'");
       return it->second;
     };
-    auto i64 = [&](const char* key) { return std::stoll(get(key)); };
-    auto f64 = [&](const char* key) { return std::stod(get(key)); };
+    auto number = [&](const char* key, auto parse) {
+      const std::string& text = get(key);
+      try {
+        size_t used = 0;
+        const auto v = parse(text, &used);
+        if (used == text.size()) return v;
+      } catch (const std::exception&) {
+      }
+      throw rectrain::Error(where + ": configuration value " + key + "='" + text + "' is not a number");
+    };
+    auto i64 = [&](const char* key) { return number(key, [](const std::string& t, size_t* u) { return std::stoll(t, u); }); };
+    auto f64 = [&](const char* key) { return number(key, [](const std::string& t, size_t* u) { return std::stod(t, u); }); };
     RecipeConfig c;
     c.item_factors = i64("item_factors");
     c.source_factors = i64("source_factors");
-    c.hidden.clear();
-    std::istringstream widths(get("hidden"));
-    for (std::string w; std::getline(widths, w, ',');) c.hidden.push_back(std::stoll(w));
+    c.hidden = parse_widths(get("hidden"), where + ": configuration value hidden");
     c.dropout = f64("dropout");
     c.normalization = get("normalization");
     c.margin = f64("margin");
@@ -140,35 +221,54 @@ struct RecipeConfig {
     if (std::find(table_updates().begin(), table_updates().end(), c.table_update) == table_updates().end())
       throw rectrain::Error(where + ": table_update must be sparse, adam or lazy; got '" + c.table_update + "'");
     c.bf16 = i64("bf16") != 0;
+    c.extra_heads = i64("extra_heads") != 0;
     c.holdout_fraction = f64("holdout_fraction");
     c.holdout_users = i64("holdout_users");
     return c;
   }
 };
 
-inline rectrain::Normalization parse_normalization(const std::string& name) {
-  if (name == "layernorm") return rectrain::Normalization::LayerNorm;
-  if (name == "batchnorm") return rectrain::Normalization::BatchNorm;
-  if (name == "none") return rectrain::Normalization::None;
-  throw rectrain::Error("--normalization must be layernorm, batchnorm or none; got '" + name + "'");
-}
-
-/// The signals a dataset really records: a column that is constant over the
-/// training rows (mlsmall's share and bookmarks are all 0) gets no head.
-inline std::vector<std::string> known_signals(const rectrain::Dataset& train) {
+/// The heads a dataset supports beside the target's: a head per standard
+/// signal the training rows really record (a constant column, like
+/// mlsmall's share and bookmarks, gets none) and, with `extra`, per extra
+/// numeric column: "name:binary" for a 0/1 column, "name:regression"
+/// otherwise. `unused` collects the extra columns left out.
+inline std::vector<std::string> known_signals(const rectrain::Dataset& train, bool extra = false,
+                                              std::vector<std::string>* unused = nullptr) {
   std::vector<std::string> out;
+  const auto& standard = rectrain::standard_signals();
   for (const auto& name : train.signal_names()) {
     const auto& column = train.interactions[name];
-    if (column.numel() > 0 && (column.max() > column.min()).item<bool>()) out.push_back(name);
+    const bool varies = column.numel() > 0 && (column.max() > column.min()).item<bool>();
+    const bool is_standard = std::find(standard.begin(), standard.end(), name) != standard.end();
+    if (is_standard) {
+      if (varies) out.push_back(name);
+    } else if (extra && varies) {
+      const bool binary = ((column == 0) | (column == 1)).all().item<bool>();
+      out.push_back(name + (binary ? ":binary" : ":regression"));
+    } else if (unused) {
+      unused->push_back(name);
+    }
   }
   return out;
 }
 
+/// The sizes a model's tables and inputs are built with.
+struct ModelShape {
+  int64_t users = 0, items = 0, sources = 0, embedding_dim = 0;
+  static ModelShape of(const rectrain::Dataset& ds) {
+    return {ds.num_users(), ds.num_items(), ds.num_sources(), ds.embedding_dim()};
+  }
+};
+
 /// The recipe's model: user tower (id, gender, age), item tower (id, source,
-/// duration, content vector), shared MLP, one head per known signal plus the
-/// target's ranking head. Numeric features are fitted on `train`.
-inline rectrain::Ranker build_model(const rectrain::Dataset& train, const RecipeConfig& c,
-                                    const std::vector<std::string>& signals) {
+/// duration, content vector), shared MLP, one head per signal (see
+/// known_signals) plus the target's ranking head. Numeric features are
+/// fitted on `fit_on` when given (training); otherwise a trained model's
+/// statistics are loaded into them.
+inline rectrain::Ranker build_model(const ModelShape& shape, const RecipeConfig& c,
+                                    const std::vector<std::string>& signals,
+                                    const rectrain::Dataset* fit_on = nullptr) {
   using namespace rectrain;
   // Random tables start with rows of about unit norm, like normalised ALS
   // rows, so --no-als changes the initial values and nothing else.
@@ -178,20 +278,22 @@ inline rectrain::Ranker build_model(const rectrain::Dataset& train, const Recipe
                                   .sparse(c.table_update != "adam"));
   };
   NumericFeature age, duration(NumericFeatureOptions().scaling(NumericScaling::Log1pZScore));
-  age->fit(train.users["age"]);
-  duration->fit(train.items["duration"]);
+  if (fit_on) {
+    age->fit(fit_on->users["age"]);
+    duration->fit(fit_on->items["duration"]);
+  }
   Tower user;
-  user->add("user", id_table(train.num_users(), c.item_factors + c.source_factors))
+  user->add("user", id_table(shape.users, c.item_factors + c.source_factors))
       .add("gender", CategoricalFeature(3, 4))
       .add("age", age);
   Tower item;
-  item->add("item", id_table(train.num_items(), c.item_factors));
-  if (c.source_factors > 0) item->add("source", id_table(train.num_sources(), c.source_factors));
+  item->add("item", id_table(shape.items, c.item_factors));
+  if (c.source_factors > 0) item->add("source", id_table(shape.sources, c.source_factors));
   item->add("duration", duration);
-  if (train.embedding_dim() > 0) item->add("item_embedding", DenseFeature(train.embedding_dim()));
+  if (shape.embedding_dim > 0) item->add("item_embedding", DenseFeature(shape.embedding_dim));
   if (c.popularity) {
     NumericFeature views(NumericFeatureOptions().scaling(NumericScaling::Log1pZScore));
-    views->fit(item_view_counts(train));
+    if (fit_on) views->fit(item_view_counts(*fit_on));
     item->add("item_views", views);
   }
   Ranker ranker(user, item,
@@ -201,11 +303,17 @@ inline rectrain::Ranker build_model(const rectrain::Dataset& train, const Recipe
   ranker->add_head("target", RankingHead(RankingHeadOptions(h).loss(
                                  RankingLossOptions(RankingLossKind::PairwiseMargin)
                                      .pairwise(PairwiseLossOptions().margin(c.margin)))));
-  for (const auto& s : signals) {
+  for (const auto& signal : signals) {
+    const auto colon = signal.find(':');
+    const std::string s = signal.substr(0, colon), kind = colon == std::string::npos ? "" : signal.substr(colon + 1);
     if (s == "timespent")
       ranker->add_head(s, RegressionHead(RegressionHeadOptions(h, s).log1p_label(true)));
-    else if (s == "like" || s == "dislike" || s == "share" || s == "bookmarks")
+    else if (s == "like" || s == "dislike" || s == "share" || s == "bookmarks" || kind == "binary")
       ranker->add_head(s, BinaryHead(h, s));
+    else if (kind == "regression")
+      ranker->add_head(s, RegressionHead(RegressionHeadOptions(h, s)));
+    else
+      throw Error("unknown head '" + signal + "' (expected a standard signal or name:binary / name:regression)");
   }
   return ranker;
 }

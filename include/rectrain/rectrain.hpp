@@ -6,9 +6,12 @@
 #include <rectrain/als/implicit_als.hpp>
 #include <rectrain/als/sparse_matrix.hpp>
 #include <rectrain/core/atomic_file.hpp>
+#include <rectrain/core/checksum.hpp>
 #include <rectrain/core/compat.hpp>
 #include <rectrain/core/crash_point.hpp>
+#include <rectrain/core/directory_lock.hpp>
 #include <rectrain/core/error.hpp>
+#include <rectrain/core/file_identity.hpp>
 #include <rectrain/core/huge_pages.hpp>
 #include <rectrain/core/id_map.hpp>
 #include <rectrain/core/memory_reuse.hpp>
@@ -19,12 +22,14 @@
 #include <rectrain/data/batch_pipeline.hpp>
 #include <rectrain/data/csv.hpp>
 #include <rectrain/data/dataset.hpp>
+#include <rectrain/data/dataset_fingerprint.hpp>
 #include <rectrain/data/dataset_memory.hpp>
 #include <rectrain/data/group_sampler.hpp>
 #include <rectrain/data/predictions.hpp>
 #include <rectrain/data/synthetic.hpp>
 #include <rectrain/data/table.hpp>
 #include <rectrain/data/tensor_file.hpp>
+#include <rectrain/data/vocabulary.hpp>
 #include <rectrain/loss/multi_task.hpp>
 #include <rectrain/loss/ranking.hpp>
 #include <rectrain/metrics/baselines.hpp>

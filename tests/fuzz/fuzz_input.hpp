@@ -56,3 +56,51 @@ void expect_rectrain_errors(F&& fn) {
 }
 
 } // namespace rectrain_fuzz
+
+#include <rectrain/core/torch_archive.hpp>
+
+#include <caffe2/serialize/inline_container.h>
+
+#include <sstream>
+
+namespace rectrain_fuzz {
+
+/// `bytes` with every zip record's CRC-32 set to what its bytes hold now:
+/// a mutated archive then reaches the checks behind the checksums (the
+/// pickle walk, the code records, LibTorch's reader) instead of stopping
+/// at "damaged". An archive whose directory cannot be read comes back as
+/// it is.
+inline std::string with_valid_checksums(std::string bytes) {
+  rectrain::detail::TorchArchiveIndex index;
+  try {
+    index = rectrain::detail::index_torch_archive(bytes.data(), bytes.size(), "input");
+  } catch (const rectrain::Error&) {
+    return bytes;
+  }
+  auto put = [&](const rectrain::detail::ArchiveRecord& r, uint32_t crc) {
+    for (int k = 0; k < 4; ++k) bytes[r.directory_entry + 16 + k] = static_cast<char>((crc >> (8 * k)) & 0xff);
+  };
+  bool compressed = false;
+  for (const auto& entry : index.records) {
+    if (entry.second.stored)
+      put(entry.second, rectrain::crc32(bytes.data() + entry.second.offset, entry.second.size));
+    else
+      compressed = true;
+  }
+  if (!compressed) return bytes;
+  // Compressed records' CRCs are of their inflated bytes: LibTorch's reader
+  // inflates them (safe once the directory checks above passed).
+  try {
+    std::istringstream in(bytes);
+    caffe2::serialize::PyTorchStreamReader reader(&in);
+    for (const auto& entry : index.records) {
+      if (entry.second.stored) continue;
+      const auto record = reader.getRecord(entry.first);
+      put(entry.second, rectrain::crc32(std::get<0>(record).get(), std::get<1>(record)));
+    }
+  } catch (const std::exception&) {
+  }
+  return bytes;
+}
+
+} // namespace rectrain_fuzz

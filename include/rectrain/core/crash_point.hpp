@@ -7,6 +7,8 @@
 //   checkpoint.write   a checkpoint's temporary file holds part of its bytes
 //   checkpoint.rename  the temporary file is complete, not yet renamed
 //   epoch.step         an optimizer step of train_epoch has been taken
+//   directory.swap     write_directory_atomically's new contents are
+//                      complete beside the directory, not yet swapped in
 //
 // Unset (always, outside tests) a crash point costs one load of a pointer.
 

@@ -3,6 +3,9 @@
 // line and column for text files, tensor name and shape for tensors.
 
 #include <cstdint>
+#include <cstdio>
+#include <functional>
+#include <mutex>
 #include <sstream>
 #include <stdexcept>
 #include <string>
@@ -55,6 +58,19 @@ class InputError : public Error {
   std::string column_name_;
 };
 
+/// A file whose bytes no longer match the checksums written into it:
+/// damaged on disk or changed after it was written. `record()` names the
+/// part of the file that failed (a zip record), when there is one.
+class ChecksumError : public InputError {
+ public:
+  ChecksumError(std::string file, std::string record, const std::string& message)
+      : InputError(std::move(file), 0, 0, "", "damaged: " + message), record_(std::move(record)) {}
+  const std::string& record() const noexcept { return record_; }
+
+ private:
+  std::string record_;
+};
+
 /// A tensor argument of the wrong shape, type or content.
 class TensorError : public Error {
  public:
@@ -92,4 +108,35 @@ inline std::string join_names(const std::vector<std::string>& names) {
 }
 
 } // namespace detail
+
+/// Where rectrain's warnings go (an input column it ignores, say). The
+/// default prints "rectrain: warning: <message>" to stderr; a program can
+/// route them to its own log instead, or pass nullptr for the default.
+using WarningHandler = std::function<void(const std::string&)>;
+
+namespace detail {
+inline std::mutex& warning_mutex() {
+  static std::mutex m;
+  return m;
+}
+inline WarningHandler& warning_handler() {
+  static WarningHandler handler;
+  return handler;
+}
+} // namespace detail
+
+inline void set_warning_handler(WarningHandler handler) {
+  std::lock_guard<std::mutex> lock(detail::warning_mutex());
+  detail::warning_handler() = std::move(handler);
+}
+
+/// Reports a warning through the handler set with set_warning_handler.
+inline void warn(const std::string& message) {
+  std::lock_guard<std::mutex> lock(detail::warning_mutex());
+  if (detail::warning_handler())
+    detail::warning_handler()(message);
+  else
+    std::fprintf(stderr, "rectrain: warning: %s\n", message.c_str());
+}
+
 } // namespace rectrain

@@ -8,7 +8,9 @@
 // (tests/fuzz) found each of these; the checks here turn them into an
 // InputError naming the file and what is wrong with it.
 
+#include <rectrain/core/checksum.hpp>
 #include <rectrain/core/error.hpp>
+#include <rectrain/core/file_format.hpp>
 
 #include <ATen/ATen.h>
 #include <caffe2/serialize/inline_container.h>
@@ -31,6 +33,8 @@ struct ArchiveRecord {
   uint64_t offset = 0;  ///< of the record's bytes in the file
   uint64_t size = 0;
   bool stored = true;  ///< not compressed
+  uint32_t crc = 0;    ///< CRC-32 of the uncompressed bytes, as the writer recorded it
+  uint64_t directory_entry = 0;  ///< offset of its zip central-directory entry
 };
 
 /// The archive's directory, checked against the file's bounds.
@@ -64,12 +68,15 @@ inline TorchArchiveIndex index_torch_archive(const char* data, uint64_t size, co
     if (offset > size || bytes > size - offset) fail(concat(what, " lies outside the file (", size, " bytes)"));
   };
   using zip::le;
+  // Not a zip at all: say what it is, when its first bytes tell.
+  const std::string foreign = describe_foreign_format(data, static_cast<size_t>(size));
+  if (!foreign.empty()) fail(foreign);
   // End of central directory: 22 bytes plus a comment of up to 65535.
   if (size < 22) fail("too short for a zip archive");
   uint64_t eocd = size - 22;
   const uint64_t lowest = size > 22 + 65535 ? size - 22 - 65535 : 0;
   while (le(data + eocd, 4) != 0x06054b50) {
-    if (eocd == lowest) fail("no zip end-of-directory record");
+    if (eocd == lowest) fail("no zip end-of-directory record (a truncated or damaged file?)");
     --eocd;
   }
   uint64_t entries = le(data + eocd + 10, 2), dir_size = le(data + eocd + 12, 4), dir_offset = le(data + eocd + 16, 4);
@@ -99,6 +106,7 @@ inline TorchArchiveIndex index_torch_archive(const char* data, uint64_t size, co
     if (p > dir_end || dir_end - p < 46 || le(data + p, 4) != 0x02014b50) fail(concat("bad zip directory entry ", e));
     const uint64_t flags = le(data + p + 8, 2), method = le(data + p + 10, 2);
     const uint64_t attributes = le(data + p + 38, 4);
+    const auto crc = static_cast<uint32_t>(le(data + p + 16, 4));
     uint64_t packed = le(data + p + 20, 4), unpacked = le(data + p + 24, 4);
     const uint64_t name_len = le(data + p + 28, 2), extra_len = le(data + p + 30, 2), comment_len = le(data + p + 32, 2);
     uint64_t local = le(data + p + 42, 4);
@@ -140,7 +148,7 @@ inline TorchArchiveIndex index_torch_archive(const char* data, uint64_t size, co
     }
     const std::string prefix = index.folder + "/";
     if (name.compare(0, prefix.size(), prefix) == 0 &&
-        !index.records.emplace(name.substr(prefix.size()), ArchiveRecord{start, unpacked, method == 0}).second)
+        !index.records.emplace(name.substr(prefix.size()), ArchiveRecord{start, unpacked, method == 0, crc, p}).second)
       fail(concat("two zip entries named '", name, "'"));
     p += 46 + name_len + extra_len + comment_len;
   }
@@ -180,7 +188,7 @@ inline void check_pickle(const char* data, uint64_t size, const std::string& pat
   using zip::le;
   // Values only as far as a persistent id needs them.
   struct Value {
-    enum Kind : uint8_t { Other, Int, Str, Global, Tuple } kind = Other;
+    enum Kind : uint8_t { Other, Int, Str, Global, Tuple, OrderedDict } kind = Other;
     int64_t number = 0;
     std::string text;
     std::vector<Value> items;
@@ -251,6 +259,14 @@ inline void check_pickle(const char* data, uint64_t size, const std::string& pat
     if (id >= memo.size()) fail(at, concat("memo index ", id, " was never set"));
     stack.push_back(memo[static_cast<size_t>(id)]);
   };
+  // Python's torch.save pickles an empty OrderedDict beside every tensor
+  // (its backward hooks), which LibTorch reads as None; filled, as the
+  // file's own dict, LibTorch fails on an internal assert.
+  auto ordered_dict = [&](uint64_t at, const Value& target) {
+    if (target.kind == Value::OrderedDict)
+      fail(at, "the file holds a collections.OrderedDict, which LibTorch cannot read; save a plain dict "
+               "instead: torch.save(dict(d), path)");
+  };
   // ('storage', torch.<Type>Storage, key, location, numel): its record must
   // hold numel elements.
   auto storage = [&](uint64_t at, const Value& id) {
@@ -315,12 +331,12 @@ inline void check_pickle(const char* data, uint64_t size, const std::string& pat
         break;
       }
       case 'a': pop(at, 1); pop(at, 1); push(Value::Other); break;   // APPEND
-      case 's': pop(at, 2); pop(at, 1); push(Value::Other); break;   // SETITEM
+      case 's': pop(at, 2); ordered_dict(at, pop(at, 1)[0]); push(Value::Other); break;  // SETITEM
       case 'e': case 0x90: case 'u': {                               // APPENDS, ADDITEMS, SETITEMS
         if (op == 'u' && !marks.empty() && (stack.size() - marks.back()) % 2 != 0)
           fail(at, "SETITEMS needs key-value pairs");
         pop_mark(at);
-        pop(at, 1);
+        ordered_dict(at, pop(at, 1)[0]);
         push(Value::Other);
         break;
       }
@@ -332,7 +348,13 @@ inline void check_pickle(const char* data, uint64_t size, const std::string& pat
         break;
       }
       case 0x93: pop(at, 2); push(Value::Other); break;              // STACK_GLOBAL
-      case 'R': case 'b': case 0x81: pop(at, 2); push(Value::Other); break;  // REDUCE, BUILD, NEWOBJ
+      case 'R': {                                                    // REDUCE
+        const auto call = pop(at, 2);
+        push(call[0].kind == Value::Global && call[0].text == "collections\nOrderedDict" ? Value::OrderedDict
+                                                                                        : Value::Other);
+        break;
+      }
+      case 'b': case 0x81: pop(at, 2); push(Value::Other); break;    // BUILD, NEWOBJ
       case 0x92: pop(at, 3); push(Value::Other); break;              // NEWOBJ_EX
       case 'Q': { const auto id = pop(at, 1); storage(at, id[0]); push(Value::Other); break; }  // BINPERSID
       case 'q': put(at, arg(at, 1)); break;                          // BINPUT
@@ -459,31 +481,82 @@ inline void check_module_code(const char* data, uint64_t size, const std::string
   }
 }
 
-/// Walks every pickle of an indexed archive; with `module_code` (archives
-/// of torch::serialize::OutputArchive) checks its code records too.
+/// Whether an archive's records must carry checksums.
+enum class ArchiveChecksums : uint8_t {
+  Required,   ///< rectrain's own files: an archive without checksums is refused
+  IfPresent,  ///< files from elsewhere: verified when the writer stored them
+};
+
+/// Throws a ChecksumError naming the first record whose bytes do not match
+/// the CRC-32 its zip entry recorded when it was written. `read` returns a
+/// record's uncompressed bytes (compressed records only). An archive whose
+/// non-empty records all record 0 was written without checksums (Python's
+/// torch.serialization.set_crc32_options(False)): refused when `mode` is
+/// Required, accepted unchecked otherwise.
+inline void verify_archive_checksums(const TorchArchiveIndex& index, const char* data, const std::string& path,
+                                     ArchiveChecksums mode,
+                                     const std::function<const std::string&(const std::string&)>& read) {
+  bool any_crc = false, any_data = false;
+  for (const auto& entry : index.records) {
+    any_data = any_data || entry.second.size > 0;
+    any_crc = any_crc || entry.second.crc != 0;
+  }
+  if (any_data && !any_crc) {
+    if (mode == ArchiveChecksums::IfPresent) return;
+    throw ChecksumError(path, "", "the archive was written without checksums (every record's CRC-32 is 0), so "
+                                  "damage cannot be told apart; write it again with rectrain");
+  }
+  for (const auto& entry : index.records) {
+    const ArchiveRecord& r = entry.second;
+    uint32_t actual = 0;
+    if (r.stored) {
+      actual = crc32_parallel(data + r.offset, static_cast<size_t>(r.size));
+    } else {
+      const std::string& bytes = read(entry.first);
+      actual = crc32_parallel(bytes.data(), bytes.size());
+    }
+    if (actual != r.crc)
+      throw ChecksumError(path, index.folder + "/" + entry.first,
+                          concat("record '", index.folder, "/", entry.first, "' (", r.size, " bytes",
+                                 r.stored ? concat(" at offset ", r.offset) : std::string(", compressed"),
+                                 ") has CRC-32 ", fingerprint_hex(actual).substr(8), " but was written with ",
+                                 fingerprint_hex(r.crc).substr(8),
+                                 ": the file changed after it was written; restore it or write it again"));
+  }
+}
+
+/// Verifies every record's checksum (verify_archive_checksums), then walks
+/// every pickle of an indexed archive; with `module_code` (archives of
+/// torch::serialize::OutputArchive) checks its code records too.
 /// Compressed records (TorchScript compresses its code) are read with
 /// `read_compressed`; without one they are refused.
 inline void check_archive_records(const TorchArchiveIndex& index, const char* data, const std::string& path,
-                                  bool module_code = false,
+                                  ArchiveChecksums checksums, bool module_code = false,
                                   const std::function<std::string(const std::string&)>& read_compressed = nullptr) {
   auto ends_with = [](const std::string& name, const char* suffix) {
     const size_t n = std::strlen(suffix);
     return name.size() > n && name.compare(name.size() - n, n, suffix) == 0;
   };
+  std::map<std::string, std::string> inflated;
+  auto read = [&](const std::string& name) -> const std::string& {
+    auto it = inflated.find(name);
+    if (it != inflated.end()) return it->second;
+    if (!read_compressed)
+      throw InputError(path, 0, 0, "", concat("not a readable torch.save archive: ", name, " is compressed"));
+    return inflated.emplace(name, read_compressed(name)).first->second;
+  };
+  verify_archive_checksums(index, data, path, checksums, read);
   for (const auto& entry : index.records) {
     const std::string& name = entry.first;
     const bool code = module_code && name.compare(0, 5, "code/") == 0 && ends_with(name, ".py");
     const bool pickle = ends_with(name, ".pkl") || ends_with(name, "debug_pkl");
     if (!code && !pickle) continue;
-    std::string inflated;
     const char* bytes = data + entry.second.offset;
     uint64_t length = entry.second.size;
     if (!entry.second.stored) {
-      if (!read_compressed)
-        throw InputError(path, 0, 0, "", concat("not a readable torch.save archive: ", name, " is compressed"));
-      inflated = read_compressed(name);
-      bytes = inflated.data();
-      length = inflated.size();
+      const std::string& unpacked = read(name);
+      bytes = unpacked.data();
+      length = unpacked.size();
     }
     if (code) check_module_code(bytes, length, path, name);
     if (pickle) check_pickle(bytes, length, path, name, index);
@@ -493,9 +566,10 @@ inline void check_archive_records(const TorchArchiveIndex& index, const char* da
 }
 
 /// Indexes the archive and checks its records (check_archive_records).
-inline TorchArchiveIndex check_torch_archive(const char* data, uint64_t size, const std::string& path) {
+inline TorchArchiveIndex check_torch_archive(const char* data, uint64_t size, const std::string& path,
+                                             ArchiveChecksums checksums) {
   TorchArchiveIndex index = index_torch_archive(data, size, path);
-  check_archive_records(index, data, path);
+  check_archive_records(index, data, path, checksums);
   return index;
 }
 

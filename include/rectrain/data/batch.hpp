@@ -7,6 +7,7 @@
 #include <rectrain/core/compat.hpp>
 #include <rectrain/core/error.hpp>
 #include <rectrain/data/dataset.hpp>
+#include <rectrain/data/vocabulary.hpp>
 
 #include <torch/torch.h>
 
@@ -92,6 +93,22 @@ class BatchSpec {
     return spec;
   }
 
+  /// The same for a model trained on other data (or the same data loaded
+  /// again, renumbered): the id features (user, item, source) are the
+  /// model's dense indices of each candidate's raw ids, -1 where `model`
+  /// never saw one; every other feature comes from `ds` (a cold item's
+  /// duration and content vector are known even when its id is not).
+  static BatchSpec candidates(const Dataset& ds, const Vocabulary& model) {
+    if (!ds.candidates.contains("user"))
+      throw Error("BatchSpec::candidates: the dataset has no candidates (load it with load_candidates)");
+    const auto& c = ds.candidates;
+    auto spec = standard_features(ds, c["user"], c["item"], model.users.encode(c["user_id"]),
+                                  model.items.encode(c["item_id"]),
+                                  remap_ids(ds.items["source"], ds.source_ids, model.sources));
+    if (c.contains("target")) spec.label("target", c["target"], {}, torch::kFloat32);
+    return spec;
+  }
+
   const std::vector<BatchColumn>& columns() const noexcept { return columns_; }
   /// Rows the per-row columns have (-1 with no columns yet).
   int64_t num_rows() const noexcept { return rows_; }
@@ -149,11 +166,17 @@ class BatchSpec {
   }
 
  private:
-  static BatchSpec standard_features(const Dataset& ds, const torch::Tensor& user, const torch::Tensor& item) {
+  /// `user` and `item`: each row's dense indices in `ds`, which the side
+  /// features are gathered by. The id features are those indices too,
+  /// unless a model's own are given (`user_ids`, `item_ids` per row,
+  /// `item_sources` per item of `ds`).
+  static BatchSpec standard_features(const Dataset& ds, const torch::Tensor& user, const torch::Tensor& item,
+                                     const torch::Tensor& user_ids = {}, const torch::Tensor& item_ids = {},
+                                     const torch::Tensor& item_sources = {}) {
     BatchSpec spec;
-    spec.feature("user", user)
-        .feature("item", item)
-        .feature("source", ds.items["source"], item)
+    spec.feature("user", user_ids.defined() ? user_ids : user)
+        .feature("item", item_ids.defined() ? item_ids : item)
+        .feature("source", item_sources.defined() ? item_sources : ds.items["source"], item)
         .feature("duration", ds.items["duration"], item)
         .feature("item_embedding", ds.items["embedding"], item)
         .feature("gender", ds.users["gender"], user)

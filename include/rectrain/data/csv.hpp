@@ -7,6 +7,7 @@
 // fail, the earliest line is reported, so errors do not depend on threads.
 
 #include <rectrain/core/error.hpp>
+#include <rectrain/core/file_format.hpp>
 #include <rectrain/core/mapped_file.hpp>
 #include <rectrain/data/table.hpp>
 
@@ -183,6 +184,11 @@ inline void parse_chunk(const std::vector<CsvSink>& sinks, const char* p, const 
       failure = {row, 0, CsvFault::EmptyLine, "", 0};
       return;
     }
+    // A line split wrongly keeps its text, for the delimiter hint.
+    auto whole_line = [&] {
+      const char* stop = line_end(line_start, end);
+      return std::string(line_start, static_cast<size_t>(std::min<std::ptrdiff_t>(stop - line_start, 400)));
+    };
     for (int64_t c = 0; c < columns; ++c) {
       const CsvSink& sink = sinks[static_cast<size_t>(c)];
       const char* field = p;
@@ -204,7 +210,7 @@ inline void parse_chunk(const std::vector<CsvSink>& sinks, const char* p, const 
       if (delimiter == ',') {
         if (last) {
           const char* stop = line_end(line_start, end);
-          failure = {row, 0, CsvFault::TooManyFields, "",
+          failure = {row, 0, CsvFault::TooManyFields, whole_line(),
                      1 + std::count(line_start, stop, ',')};
           return;
         }
@@ -218,7 +224,7 @@ inline void parse_chunk(const std::vector<CsvSink>& sinks, const char* p, const 
           ++p;
         }
         if (!last) {
-          failure = {row, 0, CsvFault::TooFewFields, "", c + 1};
+          failure = {row, 0, CsvFault::TooFewFields, whole_line(), c + 1};
           return;
         }
         if (p < end) ++p;  // the '\n'
@@ -235,18 +241,20 @@ inline std::string describe(const CsvFailure& f, CsvType type, const CsvSink& si
     case CsvFault::EmptyLine: return concat("empty line (expected ", expected_fields, " fields)");
     case CsvFault::TooFewFields:
     case CsvFault::TooManyFields:
-      return concat("wrong field count: expected ", expected_fields, ", found ", f.fields_found);
+      return concat("wrong field count: expected ", expected_fields, ", found ", f.fields_found,
+                    delimiter_hint(f.text));
     case CsvFault::NotInteger:
-      return type == CsvType::Id ? concat("expected a non-negative integer id, got ", got)
-                                 : concat("expected an integer, got ", got);
+      return (type == CsvType::Id ? concat("expected a non-negative integer id, got ", got)
+                                  : concat("expected an integer, got ", got)) +
+             delimiter_hint(f.text, "field");
     case CsvFault::NegativeId: return concat("negative id ", got, " (ids must be >= 0)");
     case CsvFault::IdTooLarge: return concat("integer ", got, " does not fit below 2^63");
     case CsvFault::OutOfRange:
       return concat("value ", got, " outside [", sink.min_value, ", ", sink.max_value, "]");
-    case CsvFault::NotNumber: return concat("expected a number, got ", got);
+    case CsvFault::NotNumber: return concat("expected a number, got ", got, delimiter_hint(f.text, "field"));
     case CsvFault::NotFinite: return concat("NaN or infinite number ", got, " is not allowed");
     case CsvFault::Negative: return concat("expected a non-negative number, got ", got);
-    case CsvFault::NotFlag: return concat("expected a flag 0 or 1, got ", got);
+    case CsvFault::NotFlag: return concat("expected a flag 0 or 1, got ", got, delimiter_hint(f.text, "field"));
     case CsvFault::None: break;
   }
   return "unknown error";
@@ -265,29 +273,11 @@ inline std::string trim(std::string s) {
 class CsvFile {
  public:
   explicit CsvFile(const std::string& path) : file_(path) {
-    const char* data = file_.data();
-    const char* end = data + file_.size();
-    const char* p = data;
-    if (file_.size() >= 3 && std::memcmp(p, "\xEF\xBB\xBF", 3) == 0) p += 3;  // UTF-8 BOM
-    if (p == end) throw InputError(path, 1, 0, "", "empty file, expected a header line");
-    const char* header_end = detail::line_end(p, end);
-    body_ = header_end < end ? header_end + 1 : end;
-    std::string line(p, header_end);
-    if (!line.empty() && line.back() == '\r') line.pop_back();
-    size_t start = 0;
-    while (true) {
-      const size_t comma = line.find(',', start);
-      header_.push_back(detail::trim(line.substr(start, comma - start)));
-      if (comma == std::string::npos) break;
-      start = comma + 1;
-    }
-    for (size_t i = 0; i < header_.size(); ++i) {
-      if (header_[i].empty())
-        throw InputError(path, 1, static_cast<int64_t>(i + 1), "", "empty column name in header");
-      for (size_t j = 0; j < i; ++j)
-        if (header_[j] == header_[i])
-          throw InputError(path, 1, static_cast<int64_t>(i + 1), header_[i],
-                           detail::concat("duplicate column name (also column ", j + 1, ")"));
+    try {
+      parse_header(path);
+    } catch (const InputError&) {
+      if (file_.changed()) throw file_.changed_error();
+      throw;
     }
   }
 
@@ -316,7 +306,7 @@ class CsvFile {
         if (fields[f].required)
           throw InputError(path(), 1, 0, fields[f].name,
                            detail::concat("missing required column (header has: ",
-                                          header_list(), ")"));
+                                          header_list(), ")", detail::delimiter_hint(header_line_)));
         continue;
       }
       field_of[static_cast<size_t>(c)] = static_cast<int64_t>(f);
@@ -337,7 +327,7 @@ class CsvFile {
       }
     }
     if (!extras.empty() && options.extra_columns() == ExtraColumns::Ignore)
-      TORCH_WARN(path(), ": ignoring unknown column(s): ", detail::join_names(extras));
+      warn(detail::concat(path(), ": ignoring unknown column(s): ", detail::join_names(extras)));
 
     // Pass 1: chunks cut after a '\n', rows counted per chunk.
     const char* end = file_.data() + file_.size();
@@ -389,6 +379,9 @@ class CsvFile {
                             bounds[static_cast<size_t>(k + 1)],
                             first_row[static_cast<size_t>(k)], failures[static_cast<size_t>(k)]);
     });
+    // A file that changed while it was parsed (pages past a new end read as
+    // zeros) makes any error, or the data, meaningless: say that instead.
+    if (file_.changed()) throw file_.changed_error();
     for (const auto& f : failures) {
       if (f.fault == detail::CsvFault::None) continue;
       const bool whole_line = f.fault == detail::CsvFault::EmptyLine ||
@@ -412,8 +405,41 @@ class CsvFile {
     return out;
   }
 
+  void parse_header(const std::string& path) {
+    const char* data = file_.data();
+    const char* end = data + file_.size();
+    const char* p = data;
+    if (file_.size() >= 3 && std::memcmp(p, "\xEF\xBB\xBF", 3) == 0) p += 3;  // UTF-8 BOM
+    if (p == end) throw InputError(path, 1, 0, "", "empty file, expected a header line");
+    const std::string foreign = detail::describe_foreign_format(p, static_cast<size_t>(end - p));
+    if (!foreign.empty()) throw InputError(path, 0, 0, "", "not a CSV text file: " + foreign);
+    if (std::memchr(p, '\0', static_cast<size_t>(std::min<std::ptrdiff_t>(end - p, 4096))))
+      throw InputError(path, 0, 0, "", "not a CSV text file: its first bytes hold NUL bytes (a binary file?)");
+    const char* header_end = detail::line_end(p, end);
+    body_ = header_end < end ? header_end + 1 : end;
+    std::string line(p, header_end);
+    if (!line.empty() && line.back() == '\r') line.pop_back();
+    header_line_ = line;
+    size_t start = 0;
+    while (true) {
+      const size_t comma = line.find(',', start);
+      header_.push_back(detail::trim(line.substr(start, comma - start)));
+      if (comma == std::string::npos) break;
+      start = comma + 1;
+    }
+    for (size_t i = 0; i < header_.size(); ++i) {
+      if (header_[i].empty())
+        throw InputError(path, 1, static_cast<int64_t>(i + 1), "", "empty column name in header");
+      for (size_t j = 0; j < i; ++j)
+        if (header_[j] == header_[i])
+          throw InputError(path, 1, static_cast<int64_t>(i + 1), header_[i],
+                           detail::concat("duplicate column name (also column ", j + 1, ")"));
+    }
+  }
+
   detail::MappedFile file_;
   const char* body_ = nullptr;
+  std::string header_line_;
   std::vector<std::string> header_;
 };
 

@@ -197,7 +197,7 @@ inline Table read_table_file(const std::string& dir, const std::string& stem,
       else
         ignored += (ignored.empty() ? "" : ", ") + name;
     }
-    if (!ignored.empty()) TORCH_WARN(pt, ": ignoring unknown column(s): ", ignored);
+    if (!ignored.empty()) warn(detail::concat(pt, ": ignoring unknown column(s): ", ignored));
     return out;
   }
   path_out = csv;
@@ -263,6 +263,16 @@ inline Dataset load_dataset(const std::string& dir, const DatasetOptions& option
     throw InputError(path, 0, 0, "", "missing file (interactions.csv or interactions.pt is required)");
   if (raw.num_rows() == 0)
     throw InputError(path, 2, 0, "", "no interaction rows: the dataset needs at least one view");
+  // Extra columns become signals beside the dense ids and the target
+  // rectrain adds: they must not take those names.
+  for (const auto& name : raw.names())
+    for (const char* reserved : {"user", "item", "target"})
+      if (name == reserved)
+        throw InputError(path, detail::is_csv_path(path) ? 1 : 0, detail::header_position(path, name), name,
+                         detail::concat("the name '", name, "' is reserved (", name == std::string("target")
+                                            ? "rectrain's target is like - dislike"
+                                            : "rectrain adds the dense index column '" + name + "'",
+                                        "); rename the column"));
 
   std::string users_path, items_path;
   Table users_raw = detail::read_table_file(
@@ -427,7 +437,7 @@ inline void save_dataset_cache(const Dataset& ds, const std::string& path) {
 inline Dataset load_dataset_cache(const std::string& path, const DatasetOptions& options = {}) {
   if (options.memory_budget() > 0)
     check_memory_budget(estimate_dataset_memory(path), options.memory_budget(), "dataset cache " + path);
-  const c10::IValue value = detail::load_pickle_mapped(path);
+  const c10::IValue value = detail::load_pickle_mapped(path, detail::ArchiveChecksums::Required);
   if (!value.isGenericDict()) throw InputError(path, 0, 0, "", "not a rectrain dataset cache");
   const auto dict = value.toGenericDict();
   const auto format = dict.find("format");

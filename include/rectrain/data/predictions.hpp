@@ -10,6 +10,7 @@
 #include <torch/torch.h>
 
 #include <charconv>
+#include <limits>
 #include <string>
 #include <unordered_map>
 
@@ -51,9 +52,11 @@ inline void write_predictions(const std::string& path, const torch::Tensor& user
 
 /// Scores from `predictions_path` for each (user_id, item_id) pair, in the
 /// given order. A pair with no prediction, or predicted twice, throws with
-/// the file and line.
+/// the file and line; so does a prediction for a pair that is not asked
+/// for (predictions for other candidates than these), unless
+/// `allow_extra_rows`.
 inline torch::Tensor match_predictions(const std::string& predictions_path, const torch::Tensor& user_id,
-                                       const torch::Tensor& item_id) {
+                                       const torch::Tensor& item_id, bool allow_extra_rows = false) {
   const Table p = read_csv(predictions_path, {{"user_id", CsvType::Id},
                                               {"item_id", CsvType::Id},
                                               {"predict", CsvType::Number}});
@@ -85,6 +88,20 @@ inline torch::Tensor match_predictions(const std::string& predictions_path, cons
                        detail::concat("no prediction for candidate user_id ", u.data_ptr<int64_t>()[r],
                                       ", item_id ", i.data_ptr<int64_t>()[r], " (candidate row ", r + 1, ")"));
     out.data_ptr<float>()[r] = ps[it->second];
+    if (!allow_extra_rows) it->second = -1;  // matched
+  }
+  if (!allow_extra_rows) {
+    int64_t extra = 0, first = std::numeric_limits<int64_t>::max();
+    for (const auto& entry : row_of)
+      if (entry.second >= 0) {
+        ++extra;
+        first = std::min(first, entry.second);
+      }
+    if (extra > 0)
+      throw InputError(predictions_path, first + 2, 0, "",
+                       detail::concat("user_id ", pu[first], ", item_id ", pi[first], " is not a candidate (",
+                                      extra, " of the ", p.num_rows(), " predictions are not); predictions must "
+                                      "be for the candidates scored, and only for them"));
   }
   return out;
 }

@@ -102,9 +102,31 @@ inline double calibrate(const std::vector<float>& xs, double rate) {
 
 } // namespace detail
 
+namespace detail {
+/// The dataset's four files, written into `dir`.
+inline SyntheticSummary write_synthetic(const std::string& dir, const SyntheticOptions& o);
+}
+
 /// Writes interactions.csv, users.csv, items.csv and candidates.csv (with
-/// targets) into `dir` (created if needed), each atomically.
+/// targets) into `dir`, all at once: they are written beside it and put in
+/// place in one rename, so a run killed part-way leaves the previous
+/// dataset whole (or none), never old files beside new ones. An existing
+/// `dir` may hold only dataset files (interactions, users, items,
+/// candidates as .csv or .pt), which the new dataset replaces.
 inline SyntheticSummary generate_synthetic(const std::string& dir, const SyntheticOptions& o) {
+  SyntheticSummary summary;
+  auto dataset_file = [](const std::string& name) {
+    for (const char* stem : {"interactions", "users", "items", "candidates"})
+      for (const char* ext : {".csv", ".pt"})
+        if (name == std::string(stem) + ext) return true;
+    return false;
+  };
+  write_directory_atomically(dir, [&](const std::string& staging) { summary = detail::write_synthetic(staging, o); },
+                             dataset_file);
+  return summary;
+}
+
+inline SyntheticSummary detail::write_synthetic(const std::string& dir, const SyntheticOptions& o) {
   using namespace detail;
   if (o.users() < 1 || o.items() < 2 || o.sources() < 1 || o.min_history() < 1 ||
       o.max_history() < o.min_history() || o.max_history() > o.items())

@@ -40,12 +40,19 @@ class MappedReadAdapter final : public caffe2::serialize::ReadAdapterInterface {
 
 /// Loads a torch.save / torch::pickle_save archive without copying tensor
 /// data: storages point into a private (copy-on-write) memory map of the
-/// file, kept alive as long as any tensor uses it. Pages are read on first
-/// touch, from the page cache.
-inline c10::IValue load_pickle_mapped(const std::string& path) {
+/// file, kept alive as long as any tensor uses it. Every record's checksum
+/// is verified first (`checksums`), which reads the file once.
+inline c10::IValue load_pickle_mapped(const std::string& path, ArchiveChecksums checksums) {
   auto file = std::make_shared<MappedFile>(path, /*copy_on_write=*/true);
   if (file->size() == 0) throw InputError(path, 0, 0, "", "empty file, expected a torch.save archive");
-  const TorchArchiveIndex index = check_torch_archive(file->data(), file->size(), path);
+  TorchArchiveIndex index;
+  try {
+    index = check_torch_archive(file->data(), file->size(), path, checksums);
+  } catch (const InputError&) {
+    // A file cut short while it was read looks damaged: say what happened.
+    if (file->changed()) throw file->changed_error();
+    throw;
+  }
   c10::IValue value;
   try {
     caffe2::serialize::PyTorchStreamReader reader(std::make_shared<MappedReadAdapter>(file));
@@ -74,6 +81,10 @@ inline c10::IValue load_pickle_mapped(const std::string& path) {
     throw InputError(path, 0, 0, "", concat("not a readable torch.save archive: ", e.what()));
   }
   for_each_tensor(value, [&](const at::Tensor& t) { check_tensor_extent(t, path, ""); });
+  if (file->changed()) throw file->changed_error();
+  // The tensors keep the mapping: a later truncation can no longer be
+  // reported as an error, so it stops the process with a message.
+  file->hand_over();
   return value;
 }
 
@@ -83,7 +94,7 @@ inline c10::IValue load_pickle_mapped(const std::string& path) {
 /// save_tensor_table) as a Table; columns are moved to CPU, in the dict's
 /// order. Anything else in the file throws an InputError naming it.
 inline Table load_tensor_table(const std::string& path) {
-  const c10::IValue value = detail::load_pickle_mapped(path);
+  const c10::IValue value = detail::load_pickle_mapped(path, detail::ArchiveChecksums::IfPresent);
   if (!value.isGenericDict())
     throw InputError(path, 0, 0, "",
                      detail::concat("expected a dict of tensors, found ", value.tagKind()));
@@ -106,6 +117,26 @@ inline Table load_tensor_table(const std::string& path) {
     table.add(name, tensor);
   }
   return table;
+}
+
+/// Loads a dict {str: tensor} of any lengths (what rectrain-vk als writes,
+/// or Python's torch.save of such a dict), checksums verified, tensors on
+/// the CPU in the dict's order. Anything else in the file throws an
+/// InputError naming it.
+inline torch::OrderedDict<std::string, torch::Tensor> load_tensor_dict(const std::string& path) {
+  const c10::IValue value = detail::load_pickle_mapped(path, detail::ArchiveChecksums::IfPresent);
+  if (!value.isGenericDict())
+    throw InputError(path, 0, 0, "", detail::concat("expected a dict of tensors, found ", value.tagKind()));
+  torch::OrderedDict<std::string, torch::Tensor> out("tensor");
+  for (const auto& entry : value.toGenericDict()) {
+    if (!entry.key().isString())
+      throw InputError(path, 0, 0, "", detail::concat("dict keys must be strings, found ", entry.key().tagKind()));
+    const std::string name = entry.key().toStringRef();
+    if (!entry.value().isTensor())
+      throw InputError(path, 0, 0, name, detail::concat("expected a tensor, found ", entry.value().tagKind()));
+    out.insert(name, entry.value().toTensor().to(torch::kCPU));
+  }
+  return out;
 }
 
 /// Writes `value` with torch::pickle_save (the torch.save format),

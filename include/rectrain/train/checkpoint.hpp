@@ -15,6 +15,7 @@
 #include <rectrain/core/atomic_file.hpp>
 #include <rectrain/core/crash_point.hpp>
 #include <rectrain/core/error.hpp>
+#include <rectrain/core/id_map.hpp>
 #include <rectrain/core/mapped_file.hpp>
 #include <rectrain/core/torch_archive.hpp>
 
@@ -23,6 +24,7 @@
 #include <cstring>
 #include <functional>
 #include <map>
+#include <memory>
 #include <mutex>
 #include <string>
 #include <sys/stat.h>
@@ -90,6 +92,19 @@ class Checkpoint {
         },
         [&value](torch::serialize::InputArchive& a) { value = read_scalar(a).item<double>(); });
   }
+  /// A vocabulary (raw ids <-> dense indices), stored as its raw ids: a
+  /// model's id maps travel with the embedding rows they index.
+  Checkpoint& add(const std::string& name, IdMap& map) {
+    return bind(
+        name, [&map](torch::serialize::OutputArchive& a) { a.write("raw_ids", map.raw_ids()); },
+        [&map](torch::serialize::InputArchive& a) {
+          torch::Tensor raw;
+          a.read("raw_ids", raw);
+          if (!raw.defined() || raw.dim() != 1 || raw.scalar_type() != torch::kInt64)
+            throw Error(detail::concat("expected raw ids (1-D int64), got ", detail::shape_of(raw)));
+          map = IdMap::from_sorted_unique(raw.contiguous().clone());
+        });
+  }
   /// Any text (a configuration, a metrics history); stored as bytes.
   Checkpoint& add(const std::string& name, std::string& value) {
     return bind(
@@ -127,14 +142,18 @@ class Checkpoint {
     }
     write_stream_atomically(path, [&](std::ostream& out) {
       bool started = false;
+      // Every chunk is reported written, even after a failed write: a short
+      // count makes LibTorch's writer throw again from its destructor, which
+      // terminates the process. The stream keeps the failure, and
+      // write_stream_atomically reports it once the archive is done.
       archive.save_to([&](const void* bytes, size_t n) -> size_t {
-        out.write(static_cast<const char*>(bytes), static_cast<std::streamsize>(n));
+        if (out) out.write(static_cast<const char*>(bytes), static_cast<std::streamsize>(n));
         if (!started) {
           started = true;
           out.flush();
           detail::crash_point("checkpoint.write");
         }
-        return out ? n : 0;
+        return n;
       });
       out.flush();
       detail::crash_point("checkpoint.rename");
@@ -152,15 +171,19 @@ class Checkpoint {
     auto unreadable = [&](const std::string& why) {
       return Error(detail::concat("checkpoint ", path, ": not a readable LibTorch archive (", why, ")"));
     };
+    // Kept open over the whole load: a file rewritten or cut short while
+    // it is read is reported as such, not as a damaged file.
+    std::unique_ptr<detail::MappedFile> file;
     try {
       // LibTorch's reader trusts the file; check it first (torch_archive.hpp).
       {
-        const detail::MappedFile file(path);
-        if (file.size() == 0) throw unreadable("empty file");
+        file = std::make_unique<detail::MappedFile>(path);
+        if (file->size() == 0) throw unreadable("empty file");
         // The directory first: PyTorchStreamReader is safe to build once it holds.
-        const auto index = detail::index_torch_archive(file.data(), file.size(), path);
+        const auto index = detail::index_torch_archive(file->data(), file->size(), path);
         caffe2::serialize::PyTorchStreamReader reader(path);
-        detail::check_archive_records(index, file.data(), path, /*module_code=*/true, [&](const std::string& name) {
+        detail::check_archive_records(index, file->data(), path, detail::ArchiveChecksums::Required,
+                                      /*module_code=*/true, [&](const std::string& name) {
           const auto record = reader.getRecord(name);
           return std::string(static_cast<const char*>(std::get<0>(record).get()), std::get<1>(record));
         });
@@ -171,15 +194,16 @@ class Checkpoint {
         if (archive.try_read(key, value))
           detail::for_each_tensor(value, [&](const at::Tensor& t) { detail::check_tensor_extent(t, path, key); });
       }
-    } catch (const InputError& e) {
-      throw unreadable(e.what());
-    } catch (const Error&) {
-      throw;
-    } catch (const c10::Error& e) {
-      throw unreadable(e.what_without_backtrace());
-    } catch (const std::exception& e) {  // TorchScript's ErrorReport, std::bad_alloc, ...
-      throw unreadable(e.what());
+    } catch (const std::exception& e) {
+      if (file && file->changed()) throw Error(detail::concat("checkpoint ", file->changed_error().what()));
+      if (dynamic_cast<const ChecksumError*>(&e)) throw;
+      if (dynamic_cast<const InputError*>(&e)) throw unreadable(e.what());
+      if (dynamic_cast<const Error*>(&e)) throw;
+      if (const auto* c10_error = dynamic_cast<const c10::Error*>(&e)) throw unreadable(c10_error->what_without_backtrace());
+      throw unreadable(e.what());  // TorchScript's ErrorReport, std::bad_alloc, ...
     }
+    if (file->changed()) throw Error(detail::concat("checkpoint ", file->changed_error().what()));
+    file.reset();
     torch::Tensor version;
     if (!archive.try_read("rectrain_checkpoint", version) || version.numel() != 1)
       throw Error(detail::concat("checkpoint ", path, ": not a rectrain checkpoint (no format tag)"));
