@@ -15,4 +15,4 @@ export OMP_NUM_THREADS=$threads
 vk="./build/examples/vk_ranker/rectrain-vk --threads $threads"
 $vk synth --scale 0.003 --seed 1 --out "$dir/data"
 $vk baseline --data "$dir/data" --predictions "$dir/baseline.csv"
-$vk train --data "$dir/data" --out "$dir/out"
+$vk train --data "$dir/data" --out "$dir/out" --overwrite  # a rerun replaces the last one

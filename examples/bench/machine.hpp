@@ -19,9 +19,23 @@ inline std::string cpu_model() {
   return "unknown CPU";
 }
 
+/// The vector extensions a figure depends on, as /proc/cpuinfo names them.
+inline std::string cpu_isa() {
+  std::ifstream in("/proc/cpuinfo");
+  std::string line;
+  while (std::getline(in, line)) {
+    if (line.rfind("flags", 0) != 0) continue;
+    std::string out;
+    for (const char* flag : {"sse4_2", "pclmulqdq", "avx2", "fma", "avx512f", "avx512bw", "avx512_bf16"})
+      if ((" " + line + " ").find(std::string(" ") + flag + " ") != std::string::npos) out += (out.empty() ? "" : " ") + std::string(flag);
+    return out.empty() ? "baseline x86-64" : out;
+  }
+  return "unknown ISA";
+}
+
 inline void print_machine(const char* name) {
-  std::printf("# %s\n# machine: %s, %u hardware threads, LibTorch %d.%d, %d intra-op threads\n", name,
-              cpu_model().c_str(), std::thread::hardware_concurrency(), TORCH_VERSION_MAJOR,
+  std::printf("# %s\n# machine: %s (%s), %u hardware threads, LibTorch %d.%d, %d intra-op threads\n", name,
+              cpu_model().c_str(), cpu_isa().c_str(), std::thread::hardware_concurrency(), TORCH_VERSION_MAJOR,
               TORCH_VERSION_MINOR, at::get_num_threads());
   if (torch::cuda::is_available()) std::printf("# cuda: %d device(s)\n", static_cast<int>(torch::cuda::device_count()));
 }

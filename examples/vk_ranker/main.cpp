@@ -314,7 +314,15 @@ int main(int argc, char** argv) {
                         "auto (the memory available now) or none")
         ->capture_default_str();
 
-  CLI11_PARSE(app, argc, argv);
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    if (e.get_exit_code() == 0) return app.exit(e);  // --help
+    // A usage error: one line and exit 2, like the other messages.
+    std::fprintf(stderr, "rectrain-vk: error: %s (rectrain-vk %s--help lists the options)\n", e.what(),
+                 app.get_subcommands().empty() ? "" : (app.get_subcommands()[0]->get_name() + " ").c_str());
+    return 2;
+  }
   torch::set_num_threads(threads);
   rectrain::set_durable_writes(durable);
   rectrain::set_warning_handler([](const std::string& message) {

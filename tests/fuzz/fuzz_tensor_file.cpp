@@ -1,6 +1,8 @@
-// libFuzzer target: the tensor-file reader (torch.save archives mapped and
-// unpickled), as a table, as a dataset's interactions.pt, and as a dataset
-// cache. `fuzz_tensor_file --write-seed DIR` writes a table and a dataset
+// libFuzzer target: the tensor-file reader (torch.save archives mapped,
+// checksummed and unpickled), as a table, as a dict of tensors (an ALS
+// file), as a dataset's interactions.pt, and as a dataset cache; each input
+// as it is and with its checksums made to match (so mutations also reach
+// the checks behind them). `fuzz_tensor_file --write-seed DIR` writes a table and a dataset
 // cache there (the seed corpus's start).
 
 #include "fuzz_input.hpp"
@@ -34,16 +36,23 @@ extern "C" int LLVMFuzzerInitialize(int* argc, char*** argv) {
 }
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
-  const std::string path = rectrain_fuzz::write_input("pt/interactions.pt", data, size);
-  rectrain_fuzz::expect_rectrain_errors([&] {
-    const Table t = load_tensor_table(path);
-    // Touch every byte of every column: storages point into the mapping.
-    for (const auto& c : t.columns()) (void)c.value().to(torch::kFloat64).sum().item<double>();
-  });
-  rectrain_fuzz::expect_rectrain_errors([&] { load_dataset((rectrain_fuzz::scratch_dir() / "pt").string()); });
-  rectrain_fuzz::expect_rectrain_errors([&] {
-    const Dataset ds = load_dataset_cache(path);
-    for (const auto& c : ds.interactions.columns()) (void)c.value().to(torch::kFloat64).sum().item<double>();
-  });
+  const std::string bytes(reinterpret_cast<const char*>(data), size);
+  for (const std::string& input : {bytes, rectrain_fuzz::with_valid_checksums(bytes)}) {
+    const std::string path = rectrain_fuzz::write_input(
+        "pt/interactions.pt", reinterpret_cast<const uint8_t*>(input.data()), input.size());
+    rectrain_fuzz::expect_rectrain_errors([&] {
+      const Table t = load_tensor_table(path);
+      // Touch every byte of every column: storages point into the mapping.
+      for (const auto& c : t.columns()) (void)c.value().to(torch::kFloat64).sum().item<double>();
+    });
+    rectrain_fuzz::expect_rectrain_errors([&] {
+      for (const auto& c : load_tensor_dict(path)) (void)c.value().to(torch::kFloat64).sum().item<double>();
+    });
+    rectrain_fuzz::expect_rectrain_errors([&] { load_dataset((rectrain_fuzz::scratch_dir() / "pt").string()); });
+    rectrain_fuzz::expect_rectrain_errors([&] {
+      const Dataset ds = load_dataset_cache(path);
+      for (const auto& c : ds.interactions.columns()) (void)c.value().to(torch::kFloat64).sum().item<double>();
+    });
+  }
   return 0;
 }
