@@ -11,6 +11,7 @@
 #include <map>
 #include <numeric>
 #include <random>
+#include <set>
 #include <unistd.h>
 
 using namespace rectrain;
@@ -156,12 +157,16 @@ TEST_CASE("predict scores a (raw user, raw item) pair the same after renumbering
       else if (name == "source_id") new_items.add(name, torch::full({60}, 9999, torch::kInt64));
       else new_items.add(name, torch::full({60}, 0.25f));
     }
-    const auto old_users = std::get<0>(at::_unique(a.candidates["user_id"]));
-    const auto old_items = std::get<0>(at::_unique(a.candidates["item_id"]));
+    auto distinct = [](const torch::Tensor& ids) {
+      const auto c = ids.contiguous();
+      const std::set<int64_t> set(c.data_ptr<int64_t>(), c.data_ptr<int64_t>() + c.numel());
+      return std::vector<int64_t>(set.begin(), set.end());
+    };
+    const auto old_users = distinct(a.candidates["user_id"]), old_items = distinct(a.candidates["item_id"]);
     std::vector<int64_t> cu, ci;
-    for (int64_t k = 0; k < 20; ++k) {
-      cu.push_back(2 * k + 1), ci.push_back(old_items[k].item<int64_t>());
-      cu.push_back(old_users[k].item<int64_t>()), ci.push_back(2 * k + 1);
+    for (size_t k = 0; k < 20; ++k) {
+      cu.push_back(2 * static_cast<int64_t>(k) + 1), ci.push_back(old_items[k]);
+      cu.push_back(old_users[k]), ci.push_back(2 * static_cast<int64_t>(k) + 1);
     }
     new_candidates.add("user_id", torch::tensor(cu)).add("item_id", torch::tensor(ci))
         .add("target", torch::zeros({40}, torch::kInt64));

@@ -53,6 +53,8 @@ int run_synth(double scale, const std::string& out, uint64_t seed) {
 
 int run_baseline(const std::string& data, const std::string& predictions, const std::string& which,
                  uint64_t seed) {
+  if (which != "random" && which != "popularity" && which != "like_rate")
+    throw rectrain::Error("baseline: --write must be one of random, popularity, like_rate; got " + which);
   rectrain::protect_input(data);
   const auto ds = rectrain::load_dataset(data, rectrain::DatasetOptions().require_candidates(true));
   if (!ds.candidates.contains("target"))
