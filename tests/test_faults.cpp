@@ -4,6 +4,7 @@
 
 #include "helpers.hpp"
 #include "fuzz/fuzz_input.hpp"
+#include "vk_in_process.hpp"
 
 #include <rectrain/rectrain.hpp>
 
@@ -309,22 +310,22 @@ TEST_CASE("A dataset over the memory budget fails before loading, with the estim
                     Catch::Contains("over the memory budget of 1000 B"));
   CHECK(available_memory_bytes() > 0);
 
-  const std::string vk = std::string(RECTRAIN_VK_BINARY) + " --threads 2 train --data " + data + " --out " + dir.file("out");
-  const auto refused = run_command(vk + " --memory-budget 256K");
+  const std::string train = "--threads 2 train --data " + data + " --out " + dir.file("out");
+  const auto refused = run_vk(train + " --memory-budget 256K").output;
   CHECK_THAT(refused, Catch::Contains("over the memory budget of 256.0 KiB") && Catch::Contains("loading needs about"));
   CHECK_FALSE(fs::exists(dir.file("out/checkpoint-seed1.pt")));
-  CHECK_THAT(run_command(vk + " --memory-budget 12X"), Catch::Contains("'12X' is not a size"));
+  CHECK_THAT(run_vk(train + " --memory-budget 12X").output, Catch::Contains("'12X' is not a size"));
 }
 
 TEST_CASE("rectrain-vk reports numerical faults with what to change and writes nothing", "[faults][cli]") {
   TempDir dir;
-  const std::string vk = std::string(RECTRAIN_VK_BINARY) + " --threads 2";
+  auto vk_run = [](const std::string& args) { return run_vk("--threads 2 " + args).output; };
   const std::string data = dir.file("data");
-  REQUIRE_THAT(run_command(vk + " synth --scale 0.002 --seed 3 --out " + data), Catch::Contains("synth:"));
-  const std::string train = vk + " train --frozen-epochs 1 --unfrozen-epochs 1 --hidden 16 --seeds 1";
+  REQUIRE_THAT(vk_run("synth --scale 0.002 --seed 3 --out " + data), Catch::Contains("synth:"));
+  const std::string train = "train --frozen-epochs 1 --unfrozen-epochs 1 --hidden 16 --seeds 1";
 
   // A loss that becomes NaN: named, with the remedies; no checkpoint, no predictions.
-  const auto diverged = run_command(train + " --data " + data + " --lr 1e30 --out " + dir.file("nan"));
+  const auto diverged = vk_run(train + " --data " + data + " --lr 1e30 --out " + dir.file("nan"));
   CHECK_THAT(diverged, Catch::Contains("training diverged: the") && Catch::Contains("became NaN") &&
                            Catch::Contains("lower the learning rate"));
   CHECK_FALSE(fs::exists(dir.file("nan/checkpoint-seed1.pt")));
@@ -335,7 +336,7 @@ TEST_CASE("rectrain-vk reports numerical faults with what to change and writes n
   fs::create_directories(bad);
   write_file(bad + "/interactions.csv",
              "user_id,item_id,timespent,like,dislike,share,bookmarks\n1,10,2,1,0,0,0\n1,11,inf,0,0,0,0\n");
-  CHECK_THAT(run_command(train + " --data " + bad + " --out " + dir.file("bad_out")),
+  CHECK_THAT(vk_run(train + " --data " + bad + " --out " + dir.file("bad_out")),
              Catch::Contains(bad + "/interactions.csv:3:3: column 'timespent'") && Catch::Contains("'inf'"));
   CHECK_FALSE(fs::exists(dir.file("bad_out/checkpoint-seed1.pt")));
 }

@@ -5,8 +5,17 @@
 // Each case ends in the right answer or in one message and exit 1.
 
 #include "helpers.hpp"
+#include "vk_in_process.hpp"
 
-#include <rectrain/rectrain.hpp>
+// Only the headers used (the umbrella header's ALS and model code would
+// double this file's build time).
+#include <rectrain/core/directory_lock.hpp>
+#include <rectrain/core/text.hpp>
+#include <rectrain/core/torch_archive.hpp>
+#include <rectrain/data/csv.hpp>
+#include <rectrain/data/dataset.hpp>
+#include <rectrain/data/dataset_fingerprint.hpp>
+#include <rectrain/data/table.hpp>
 
 #include <map>
 #include <numeric>
@@ -19,10 +28,18 @@ using namespace rectrain_test;
 
 namespace {
 
-// RECTRAIN_VK runs these cases against another build (an older one, to see
-// them fail there).
-const std::string vk = std::string(std::getenv("RECTRAIN_VK") ? std::getenv("RECTRAIN_VK") : RECTRAIN_VK_BINARY) +
-                       " --threads 2";
+// The binary, for what only a process shows; RECTRAIN_VK runs those cases
+// against another build.
+const std::string vk_binary =
+    std::string(std::getenv("RECTRAIN_VK") ? std::getenv("RECTRAIN_VK") : RECTRAIN_VK_BINARY) + " --threads 2";
+
+/// rectrain-vk run in this process (vk_in_process.hpp): its output; and its
+/// output with its exit status on a last line "rc=N", like a shell's.
+std::string vk_out(const std::string& args) { return run_vk("--threads 2 " + args).output; }
+std::string vk_status(const std::string& args) {
+  const auto run = run_vk("--threads 2 " + args);
+  return run.output + "rc=" + std::to_string(run.status) + "\n";
+}
 const std::string small_run = " --frozen-epochs 1 --unfrozen-epochs 1 --hidden 16";
 
 /// Runs a command; its output and exit status ("rc=N" on the last line).
@@ -110,7 +127,7 @@ std::map<std::pair<int64_t, int64_t>, float> scores_of(const std::string& path) 
 TEST_CASE("predict scores a (raw user, raw item) pair the same after renumbering, reordering and new ids",
           "[cli][guards][vocabulary]") {
   TempDir dir;
-  REQUIRE_THAT(run_command(vk + " synth --scale 0.002 --seed 3 --out " + dir.file("synth")), Catch::Contains("synth:"));
+  REQUIRE_THAT(vk_out("synth --scale 0.002 --seed 3 --out " + dir.file("synth")), Catch::Contains("synth:"));
   const auto raw = RawDataset::read(dir.file("synth"));
   auto doubled = [](const torch::Tensor& ids) { return ids * 2; };
   // A: the synthetic set with even raw ids.
@@ -184,13 +201,13 @@ TEST_CASE("predict scores a (raw user, raw item) pair the same after renumbering
   b.write(dir.file("b"));
 
   const std::string out = dir.file("out");
-  REQUIRE_THAT(run_command(vk + " train --data " + dir.file("a") + " --out " + out + small_run + " --seeds 1,2"),
+  REQUIRE_THAT(vk_out("train --data " + dir.file("a") + " --out " + out + small_run + " --seeds 1,2"),
                Catch::Contains("train: done"));
-  const auto on_a = run_command(vk + " predict --data " + dir.file("a") + " --models " + out + " --predictions " +
+  const auto on_a = vk_out("predict --data " + dir.file("a") + " --models " + out + " --predictions " +
                                 dir.file("pa.csv"));
   CHECK_THAT(on_a, Catch::Contains("5500 candidates, 0 with a user and 0 with an item the model never saw"));
   CHECK(read_file(dir.file("pa.csv")) == read_file(out + "/predictions.csv"));
-  const auto on_b = run_command(vk + " predict --data " + dir.file("b") + " --models " + out + " --predictions " +
+  const auto on_b = vk_out("predict --data " + dir.file("b") + " --models " + out + " --predictions " +
                                 dir.file("pb.csv"));
   INFO(on_b);
   CHECK_THAT(on_b, Catch::Contains("5540 candidates, 20 with a user and 20 with an item the model never saw (scored "
@@ -216,7 +233,7 @@ TEST_CASE("predict scores a (raw user, raw item) pair the same after renumbering
   c.candidates = with_column(with_column(a.candidates, "user_id", [](const torch::Tensor& t) { return t + 100001; }),
                              "item_id", [](const torch::Tensor& t) { return t + 100001; });
   c.write(dir.file("c"));
-  CHECK_THAT(run_status(vk + " predict --data " + dir.file("c") + " --models " + out + " --predictions " +
+  CHECK_THAT(vk_status("predict --data " + dir.file("c") + " --models " + out + " --predictions " +
                         dir.file("pc.csv")),
              Catch::Contains("knows none of the users and none of the items of the 5500 candidates") &&
                  Catch::Contains("it was trained on other data") && Catch::EndsWith("rc=1\n"));
@@ -226,7 +243,7 @@ TEST_CASE("predict scores a (raw user, raw item) pair the same after renumbering
     if (name.rfind("emb_", 0) != 0) items.add(name, a.items[name]);
   no_content.items = items;
   no_content.write(dir.file("no_content"));
-  CHECK_THAT(run_status(vk + " predict --data " + dir.file("no_content") + " --models " + out + " --predictions " +
+  CHECK_THAT(vk_status("predict --data " + dir.file("no_content") + " --models " + out + " --predictions " +
                         dir.file("pd.csv")),
              Catch::Contains("the model reads 32-wide item content vectors") && Catch::EndsWith("rc=1\n"));
   CHECK_FALSE(fs::exists(dir.file("pc.csv")));
@@ -242,9 +259,9 @@ TEST_CASE("predict scores a (raw user, raw item) pair the same after renumbering
   });
   a2.write(dir.file("a2"));
   const std::string cut = " --out " + dir.file("cut") + small_run + " --seeds 1";
-  REQUIRE_THAT(run_command(vk + " train --data " + dir.file("a") + cut + " --stop-after 1"),
+  REQUIRE_THAT(vk_out("train --data " + dir.file("a") + cut + " --stop-after 1"),
                Catch::Contains("stopped after 1 epochs"));
-  const auto other = run_status(vk + " train --data " + dir.file("a2") + cut + " --resume");
+  const auto other = vk_status("train --data " + dir.file("a2") + cut + " --resume");
   CHECK_THAT(other, Catch::Contains("was trained on other data than " + dir.file("a2")) &&
                         Catch::Contains("  interactions: 37021 rows, fingerprint ") &&
                         Catch::Contains("rc=1"));
@@ -267,11 +284,11 @@ TEST_CASE("predict scores a (raw user, raw item) pair the same after renumbering
     write_file(path, b);
   };
   damage(dir.file("cut/checkpoint-seed1.pt"), 64, '\x5a', true);
-  CHECK_THAT(run_status(vk + " train --data " + dir.file("a") + cut + " --resume"),
+  CHECK_THAT(vk_status("train --data " + dir.file("a") + cut + " --resume"),
              Catch::Contains(dir.file("cut/checkpoint-seed1.pt") + ": damaged: record 'archive/") &&
                  Catch::Contains("rc=1"));
   damage(out + "/model-seed2.pt", 4096, 0, false);
-  CHECK_THAT(run_status(vk + " predict --data " + dir.file("a") + " --models " + out + " --predictions " +
+  CHECK_THAT(vk_status("predict --data " + dir.file("a") + " --models " + out + " --predictions " +
                         dir.file("pe.csv")),
              Catch::Contains(out + "/model-seed2.pt: damaged: record 'archive/") && Catch::Contains("rc=1"));
   CHECK_FALSE(fs::exists(dir.file("pe.csv")));
@@ -281,43 +298,43 @@ TEST_CASE("rectrain-vk: outputs never replace inputs, one run per --out, stale o
           "[cli][guards]") {
   TempDir dir;
   const std::string data = dir.file("data");
-  REQUIRE_THAT(run_command(vk + " synth --scale 0.002 --seed 3 --out " + data), Catch::Contains("synth:"));
+  REQUIRE_THAT(vk_out("synth --scale 0.002 --seed 3 --out " + data), Catch::Contains("synth:"));
   const std::string candidates = read_file(data + "/candidates.csv");
-  CHECK_THAT(run_status(vk + " baseline --data " + data + " --predictions " + data + "/candidates.csv"),
+  CHECK_THAT(vk_status("baseline --data " + data + " --predictions " + data + "/candidates.csv"),
              Catch::Contains("refusing to write " + data + "/candidates.csv: it is an input of this run") &&
                  Catch::Contains("rc=1"));
   CHECK(read_file(data + "/candidates.csv") == candidates);
 
   const std::string out = dir.file("out");
-  const std::string train = vk + " train --data " + data + " --out " + out + small_run;
+  const std::string train = std::string("train --data ") + data + " --out " + out + small_run;
   {
     // Another process holds --out (here: this one).
     DirectoryLock held(out, "a test");
-    CHECK_THAT(run_status(train + " --seeds 1"),
+    CHECK_THAT(vk_status(train + " --seeds 1"),
                Catch::Contains(out + " is in use by another process (pid " + std::to_string(::getpid()) + ": a test") &&
                    Catch::Contains("rc=1"));
   }
-  REQUIRE_THAT(run_command(train + " --seeds 1"), Catch::Contains("train: done"));
+  REQUIRE_THAT(vk_out(train + " --seeds 1"), Catch::Contains("train: done"));
   // predict's output aimed at the training data, through a symlink.
   fs::create_symlink(data + "/interactions.csv", dir.file("link.csv"));
   const std::string interactions = read_file(data + "/interactions.csv");
-  CHECK_THAT(run_status(vk + " predict --data " + data + " --models " + out + " --predictions " + dir.file("link.csv")),
+  CHECK_THAT(vk_status("predict --data " + data + " --models " + out + " --predictions " + dir.file("link.csv")),
              Catch::Contains("it is the input " + data + "/interactions.csv of this run") && Catch::Contains("rc=1"));
   CHECK(read_file(data + "/interactions.csv") == interactions);
 
   // A second fresh run into the same --out: refused, nothing touched.
   const std::string predictions = read_file(out + "/predictions.csv");
-  CHECK_THAT(run_status(train + " --seeds 2"),
+  CHECK_THAT(vk_status(train + " --seeds 2"),
              Catch::Contains("already holds the outputs of another run (checkpoint-seed1.pt, ") &&
                  Catch::Contains("--resume continues that run, --overwrite replaces it") && Catch::Contains("rc=1"));
   CHECK(read_file(out + "/predictions.csv") == predictions);
   // --overwrite removes the earlier run's files, a stale model among them.
-  const auto replaced = run_command(train + " --seeds 2 --overwrite");
+  const auto replaced = vk_out(train + " --seeds 2 --overwrite");
   CHECK_THAT(replaced, Catch::Contains("--overwrite: removed 7 files of an earlier run") && Catch::Contains("train: done"));
   CHECK_FALSE(fs::exists(out + "/model-seed1.pt"));
   CHECK_FALSE(fs::exists(out + "/checkpoint-seed1.pt"));
   CHECK(fs::exists(out + "/model-seed2.pt"));
-  CHECK_THAT(run_command(vk + " predict --data " + data + " --models " + out + " --predictions " + dir.file("p.csv")),
+  CHECK_THAT(vk_out("predict --data " + data + " --models " + out + " --predictions " + dir.file("p.csv")),
              Catch::Contains("from 1 model(s)"));
 }
 
@@ -325,8 +342,8 @@ TEST_CASE("rectrain-vk: bad flags are one message before any work; runs that wou
           "[cli][guards]") {
   TempDir dir;
   const std::string data = dir.file("data");
-  REQUIRE_THAT(run_command(vk + " synth --scale 0.002 --seed 3 --out " + data), Catch::Contains("synth:"));
-  const std::string train = vk + " train --data " + data + " --out " + dir.file("out");
+  REQUIRE_THAT(vk_out("synth --scale 0.002 --seed 3 --out " + data), Catch::Contains("synth:"));
+  const std::string train = std::string("train --data ") + data + " --out " + dir.file("out");
   const std::string ok = " --frozen-epochs 1 --unfrozen-epochs 1 --seeds 1";
   const std::vector<std::pair<std::string, std::string>> cases{
       {ok + " --lr nan", "--lr must be a finite number > 0, got nan"},
@@ -345,15 +362,20 @@ TEST_CASE("rectrain-vk: bad flags are one message before any work; runs that wou
   };
   for (const auto& [flags, message] : cases) {
     INFO(flags);
-    const auto output = run_status(train + flags);
+    const auto output = vk_status(train + flags);
     // Exit 2 for a flag CLI11 cannot take, 1 for a value out of range.
     CHECK_THAT(output, Catch::Contains("rectrain-vk: error: " + message) &&
                            (Catch::EndsWith("rc=1\n") || Catch::EndsWith("rc=2\n")));
     CHECK_THAT(output, !Catch::Contains("frame #") && !Catch::Contains("Exception raised from"));
     CHECK_FALSE(fs::exists(dir.file("out")));  // nothing written, not even the directory
   }
+  // Through the binary: the exit status a shell sees.
+  CHECK_THAT(run_status(vk_binary + " " + train + ok + " --lr nan"),
+             Catch::Contains("rectrain-vk: error: --lr must be a finite number > 0, got nan") && Catch::EndsWith("rc=1\n"));
+  CHECK_THAT(run_status(vk_binary + " " + train + ok + " --lr 0.1 --lr 0.2"),
+             Catch::Contains("--lr: At Most 1 required but received 2") && Catch::EndsWith("rc=2\n"));
   if (!torch::cuda::is_available())
-    CHECK_THAT(run_status(train + ok + " --device cuda"),
+    CHECK_THAT(vk_status(train + ok + " --device cuda"),
                Catch::Contains("--device cuda: this LibTorch has no CUDA support or sees no GPU") &&
                    Catch::EndsWith("rc=1\n"));
 
@@ -362,7 +384,7 @@ TEST_CASE("rectrain-vk: bad flags are one message before any work; runs that wou
   auto zeros = [](const torch::Tensor& t) { return torch::zeros_like(t); };
   flat.interactions = with_column(with_column(flat.interactions, "like", zeros), "dislike", zeros);
   flat.write(dir.file("flat"));
-  const auto nothing = run_status(vk + " train --data " + dir.file("flat") + " --out " + dir.file("flat_out") +
+  const auto nothing = vk_status("train --data " + dir.file("flat") + " --out " + dir.file("flat_out") +
                                   small_run + " --seeds 1");
   CHECK_THAT(nothing, Catch::Contains("two different targets") && Catch::EndsWith("rc=1\n"));
   CHECK_FALSE(fs::exists(dir.file("flat_out/model-seed1.pt")));
@@ -371,19 +393,19 @@ TEST_CASE("rectrain-vk: bad flags are one message before any work; runs that wou
   // eval: a prediction for a pair that is not a candidate; a GAUC no user defines.
   write_file(dir.file("c.csv"), "user_id,item_id,target\n1,10,1\n1,11,0\n");
   write_file(dir.file("p.csv"), "user_id,item_id,predict\n1,10,0.5\n1,11,0.2\n2,10,0.1\n");
-  CHECK_THAT(run_status(vk + " eval --candidates " + dir.file("c.csv") + " --predictions " + dir.file("p.csv")),
+  CHECK_THAT(vk_status("eval --candidates " + dir.file("c.csv") + " --predictions " + dir.file("p.csv")),
              Catch::Contains(dir.file("p.csv") + ":4: user_id 2, item_id 10 is not a candidate") &&
                  Catch::EndsWith("rc=1\n"));
   write_file(dir.file("c.csv"), "user_id,item_id,target\n1,10,0\n1,11,0\n2,10,1\n");
-  CHECK_THAT(run_status(vk + " eval --candidates " + dir.file("c.csv") + " --predictions " + dir.file("p.csv")),
+  CHECK_THAT(vk_status("eval --candidates " + dir.file("c.csv") + " --predictions " + dir.file("p.csv")),
              Catch::Contains("GAUC is undefined: no user of") && Catch::EndsWith("rc=1\n"));
 }
 
 TEST_CASE("rectrain-vk: a full disk during a checkpoint is a message, the temporary removed", "[cli][guards][faults]") {
   TempDir dir;
   const std::string data = dir.file("data");
-  REQUIRE_THAT(run_command(vk + " synth --scale 0.002 --seed 3 --out " + data), Catch::Contains("synth:"));
-  const std::string train = vk + " train --data " + data + small_run + " --seeds 1 --out ";
+  REQUIRE_THAT(vk_out("synth --scale 0.002 --seed 3 --out " + data), Catch::Contains("synth:"));
+  const std::string train = vk_binary + " train --data " + data + small_run + " --seeds 1 --out ";
   // A file-size limit (every user can set one): writes past it fail with EFBIG.
   const auto limited = run_status("sh -c \"trap '' XFSZ; ulimit -f 200; exec " + train + dir.file("limited") + "\"");
   CHECK_THAT(limited, Catch::Contains("rectrain-vk: error: cannot write " + dir.file("limited/checkpoint-seed1.pt") +
@@ -407,23 +429,23 @@ TEST_CASE("rectrain-vk: a full disk during a checkpoint is a message, the tempor
 TEST_CASE("rectrain-vk: extra interaction columns are trained as heads or reported unused", "[cli][guards]") {
   TempDir dir;
   const std::string data = dir.file("data");
-  REQUIRE_THAT(run_command(vk + " synth --scale 0.002 --seed 3 --out " + data), Catch::Contains("synth:"));
+  REQUIRE_THAT(vk_out("synth --scale 0.002 --seed 3 --out " + data), Catch::Contains("synth:"));
   RawDataset d = RawDataset::read(data);
   d.interactions.add("watch_fraction", (d.interactions["timespent"] / 100.0).clamp_max(1.0).to(torch::kFloat32));
   d.interactions.add("replayed", (d.interactions["timespent"] > 40).to(torch::kUInt8));
   d.write(dir.file("extra"));
-  const std::string train = vk + " train --data " + dir.file("extra") + small_run + " --seeds 1 --out ";
-  CHECK_THAT(run_command(train + dir.file("plain")),
+  const std::string train = std::string("train --data ") + dir.file("extra") + small_run + " --seeds 1 --out ";
+  CHECK_THAT(vk_out(train + dir.file("plain")),
              Catch::Contains("heads: target,timespent,like,dislike,share,bookmarks\n") &&
                  Catch::Contains("interaction column(s) watch_fraction,replayed not used (--extra-heads") &&
                  Catch::Contains("train: done"));
-  const auto with_heads = run_command(train + dir.file("heads") + " --extra-heads");
+  const auto with_heads = vk_out(train + dir.file("heads") + " --extra-heads");
   CHECK_THAT(with_heads, Catch::Contains("heads: target,timespent,like,dislike,share,bookmarks,watch_fraction:regression,"
                                          "replayed:binary") &&
                              Catch::Contains("train: done"));
   CHECK_THAT(read_file(dir.file("heads/metrics.jsonl")), Catch::Contains("\"loss_watch_fraction\":") &&
                                                              Catch::Contains("\"loss_replayed\":"));
-  CHECK_THAT(run_command(vk + " predict --data " + dir.file("extra") + " --models " + dir.file("heads") +
+  CHECK_THAT(vk_out("predict --data " + dir.file("extra") + " --models " + dir.file("heads") +
                          " --predictions " + dir.file("p.csv")),
              Catch::Contains("from 1 model(s)"));
   CHECK(read_file(dir.file("p.csv")) == read_file(dir.file("heads/predictions.csv")));
@@ -432,17 +454,17 @@ TEST_CASE("rectrain-vk: extra interaction columns are trained as heads or report
 TEST_CASE("rectrain-vk synth killed before it finishes leaves the previous dataset whole", "[cli][guards][faults]") {
   TempDir dir;
   const std::string data = dir.file("data");
-  REQUIRE_THAT(run_command(vk + " synth --scale 0.002 --seed 3 --out " + data), Catch::Contains("synth:"));
+  REQUIRE_THAT(vk_out("synth --scale 0.002 --seed 3 --out " + data), Catch::Contains("synth:"));
   const auto before = DatasetFingerprint::of(load_dataset(data));
   // Killed once the new files are written beside it, before they are swapped in.
-  CHECK_THAT(run_status("env RECTRAIN_CRASH_AT=directory.swap:1 " + vk + " synth --scale 0.003 --seed 4 --out " + data),
+  CHECK_THAT(run_status("env RECTRAIN_CRASH_AT=directory.swap:1 " + vk_binary + " synth --scale 0.003 --seed 4 --out " + data),
              Catch::Contains("Killed") || Catch::Contains("rc=137"));
   CHECK(before.differences(DatasetFingerprint::of(load_dataset(data))).empty());
   // The next synth sweeps the dead run's staging directory and swaps in whole.
-  REQUIRE_THAT(run_command(vk + " synth --scale 0.003 --seed 4 --out " + data), Catch::Contains("synth: 550 users"));
+  REQUIRE_THAT(vk_out("synth --scale 0.003 --seed 4 --out " + data), Catch::Contains("synth: 550 users"));
   CHECK(load_dataset(data).num_users() == 550);
   for (const auto& e : fs::directory_iterator(dir.path())) CHECK(e.path().filename().string() == "data");
   write_file(data + "/notes.txt", "mine");
-  CHECK_THAT(run_status(vk + " synth --scale 0.002 --out " + data),
+  CHECK_THAT(vk_status("synth --scale 0.002 --out " + data),
              Catch::Contains("holds other files than the ones written there (notes.txt)") && Catch::EndsWith("rc=1\n"));
 }

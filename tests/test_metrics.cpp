@@ -1,5 +1,6 @@
 #include "catch.hpp"
 #include "helpers.hpp"
+#include "vk_in_process.hpp"
 
 #include <rectrain/data/predictions.hpp>
 #include <rectrain/metrics/ranking.hpp>
@@ -153,22 +154,23 @@ TEST_CASE("predictions round-trip and match candidates", "[metrics][predictions]
 
 TEST_CASE("rectrain-vk eval and baseline", "[metrics][cli]") {
   TempDir dir;
-  const std::string vk = RECTRAIN_VK_BINARY;
+  auto vk_run = [](const std::string& args) { return rectrain_test::run_vk(args).output; };
   write_file(dir.file("candidates.csv"), "user_id,item_id,target\n1,10,1\n1,11,0\n1,12,-1\n2,10,0\n2,13,0\n");
   write_file(dir.file("predictions.csv"), "user_id,item_id,predict\n2,13,0.1\n1,12,0.3\n1,11,0.2\n1,10,0.9\n2,10,0.5\n");
   // User 1: pairs (10>11 ok, 10>12 ok, 11>12 wrong) = 2/3; user 2 skipped.
-  CHECK(run_command(vk + " eval --candidates " + dir.file("candidates.csv") + " --predictions " +
+  CHECK(vk_run("eval --candidates " + dir.file("candidates.csv") + " --predictions " +
             dir.file("predictions.csv")) == "GAUC 0.666667 users 1\n");
   write_file(dir.file("predictions.csv"), "user_id,item_id,predict\n1,10,0.9\n");
-  const std::string missing = run_command("{ " + vk + " eval --candidates " + dir.file("candidates.csv") +
-                                  " --predictions " + dir.file("predictions.csv") + " 2>&1; echo rc=$?; }");
-  CHECK_THAT(missing, Catch::Contains("no prediction for candidate") && Catch::Contains("rc=1"));
+  const auto missing = rectrain_test::run_vk("eval --candidates " + dir.file("candidates.csv") + " --predictions " +
+                                             dir.file("predictions.csv"));
+  CHECK_THAT(missing.output, Catch::Contains("no prediction for candidate"));
+  CHECK(missing.status == 1);
 
   const std::string data = dir.file("synth");
-  CHECK_THAT(run_command(vk + " synth --scale 0.002 --seed 5 --out " + data), Catch::Contains("synth: 367 users"));
-  const std::string out = run_command(vk + " baseline --data " + data + " --predictions " + dir.file("pred.csv"));
+  CHECK_THAT(vk_run("synth --scale 0.002 --seed 5 --out " + data), Catch::Contains("synth: 367 users"));
+  const std::string out = vk_run("baseline --data " + data + " --predictions " + dir.file("pred.csv"));
   CHECK_THAT(out, Catch::Contains("random") && Catch::Contains("popularity") && Catch::Contains("like_rate"));
-  const std::string eval = run_command(vk + " eval --candidates " + data + "/candidates.csv --predictions " + dir.file("pred.csv"));
+  const std::string eval = vk_run("eval --candidates " + data + "/candidates.csv --predictions " + dir.file("pred.csv"));
   // The written file is the like-rate baseline: eval reproduces its line.
   const auto at = out.find("like_rate");
   REQUIRE(at != std::string::npos);

@@ -167,16 +167,13 @@ inline void prepare_output_directory(const TrainRun& run) {
     std::printf("train: --overwrite: removed %zu files of an earlier run from %s\n", outputs.size(), run.out.c_str());
     return;
   }
+  std::string seeds;
+  for (const auto s : run.seeds) seeds += (seeds.empty() ? "" : ",") + std::to_string(s);
   for (const auto& name : outputs) {
     uint64_t seed = 0;
     if (seed_of_file(name, seed) && std::find(run.seeds.begin(), run.seeds.end(), seed) == run.seeds.end())
       throw rectrain::Error("--resume: " + run.out + " holds " + name + ", from a seed this run does not train (--seeds " +
-                            [&] {
-                              std::string list;
-                              for (const auto s : run.seeds) list += (list.empty() ? "" : ",") + std::to_string(s);
-                              return list;
-                            }() +
-                            "); resume with the earlier run's --seeds, or start afresh with --overwrite");
+                            seeds + "); resume with the earlier run's --seeds, or start afresh with --overwrite");
   }
 }
 

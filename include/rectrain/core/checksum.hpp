@@ -33,6 +33,19 @@ namespace detail {
 
 inline constexpr uint32_t kCrc32Polynomial = 0xEDB88320u;
 
+/// A little-endian 32- or 64-bit word at p, any alignment.
+template <typename Word>
+inline Word read_le(const unsigned char* p) noexcept {
+  static_assert(sizeof(Word) == 4 || sizeof(Word) == 8, "read_le reads 32- or 64-bit words");
+  Word v;
+  std::memcpy(&v, p, sizeof v);
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
+  if constexpr (sizeof(Word) == 8) v = __builtin_bswap64(v);
+  else v = __builtin_bswap32(v);
+#endif
+  return v;
+}
+
 /// Slice-by-16 tables: table[k][b] is the CRC of byte b followed by k zero bytes.
 inline const std::array<std::array<uint32_t, 256>, 16>& crc32_tables() {
   static const auto tables = [] {
@@ -53,14 +66,8 @@ inline const std::array<std::array<uint32_t, 256>, 16>& crc32_tables() {
 inline uint32_t crc32_tables_update(uint32_t state, const unsigned char* p, size_t n) noexcept {
   const auto& t = crc32_tables();
   while (n >= 16) {
-    uint64_t lo, hi;
-    std::memcpy(&lo, p, 8);
-    std::memcpy(&hi, p + 8, 8);
-#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
-    lo = __builtin_bswap64(lo);
-    hi = __builtin_bswap64(hi);
-#endif
-    lo ^= state;
+    uint64_t lo = read_le<uint64_t>(p) ^ state;
+    const uint64_t hi = read_le<uint64_t>(p + 8);
     state = t[15][lo & 0xff] ^ t[14][(lo >> 8) & 0xff] ^ t[13][(lo >> 16) & 0xff] ^ t[12][(lo >> 24) & 0xff] ^
             t[11][(lo >> 32) & 0xff] ^ t[10][(lo >> 40) & 0xff] ^ t[9][(lo >> 48) & 0xff] ^ t[8][lo >> 56] ^
             t[7][hi & 0xff] ^ t[6][(hi >> 8) & 0xff] ^ t[5][(hi >> 16) & 0xff] ^ t[4][(hi >> 24) & 0xff] ^
@@ -214,24 +221,6 @@ namespace detail {
 
 inline uint64_t rotl64(uint64_t x, int r) noexcept { return (x << r) | (x >> (64 - r)); }
 
-inline uint64_t read_le64(const unsigned char* p) noexcept {
-  uint64_t v;
-  std::memcpy(&v, p, 8);
-#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
-  v = __builtin_bswap64(v);
-#endif
-  return v;
-}
-
-inline uint32_t read_le32(const unsigned char* p) noexcept {
-  uint32_t v;
-  std::memcpy(&v, p, 4);
-#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
-  v = __builtin_bswap32(v);
-#endif
-  return v;
-}
-
 /// XXH64 (Collet's xxHash, 64-bit variant) of [data, data + size).
 inline uint64_t xxh64(const void* data, size_t size, uint64_t seed = 0) noexcept {
   constexpr uint64_t P1 = 11400714785074694791ULL, P2 = 14029467366897019727ULL, P3 = 1609587929392839161ULL,
@@ -244,10 +233,10 @@ inline uint64_t xxh64(const void* data, size_t size, uint64_t seed = 0) noexcept
   if (size >= 32) {
     uint64_t v1 = seed + P1 + P2, v2 = seed + P2, v3 = seed, v4 = seed - P1;
     for (; end - p >= 32; p += 32) {
-      v1 = round(v1, read_le64(p));
-      v2 = round(v2, read_le64(p + 8));
-      v3 = round(v3, read_le64(p + 16));
-      v4 = round(v4, read_le64(p + 24));
+      v1 = round(v1, read_le<uint64_t>(p));
+      v2 = round(v2, read_le<uint64_t>(p + 8));
+      v3 = round(v3, read_le<uint64_t>(p + 16));
+      v4 = round(v4, read_le<uint64_t>(p + 24));
     }
     h = rotl64(v1, 1) + rotl64(v2, 7) + rotl64(v3, 12) + rotl64(v4, 18);
     h = merge(merge(merge(merge(h, v1), v2), v3), v4);
@@ -255,9 +244,9 @@ inline uint64_t xxh64(const void* data, size_t size, uint64_t seed = 0) noexcept
     h = seed + P5;
   }
   h += static_cast<uint64_t>(size);
-  for (; end - p >= 8; p += 8) h = rotl64(h ^ round(0, read_le64(p)), 27) * P1 + P4;
+  for (; end - p >= 8; p += 8) h = rotl64(h ^ round(0, read_le<uint64_t>(p)), 27) * P1 + P4;
   if (end - p >= 4) {
-    h = rotl64(h ^ (static_cast<uint64_t>(read_le32(p)) * P1), 23) * P2 + P3;
+    h = rotl64(h ^ (static_cast<uint64_t>(read_le<uint32_t>(p)) * P1), 23) * P2 + P3;
     p += 4;
   }
   for (; p < end; ++p) h = rotl64(h ^ (static_cast<uint64_t>(*p) * P5), 11) * P1;

@@ -1,0 +1,67 @@
+#pragma once
+// rectrain-vk's program (vk::cli_main, linked from the rectrain_vk_cli
+// library) run inside the test process: the same code as the binary,
+// without the second or more that starting a LibTorch program costs
+// (several under the sanitizers). Tests of what only a process shows (an
+// exit by signal, a crash point, resource limits) start the binary instead.
+
+#include "helpers.hpp"
+
+#include "../examples/vk_ranker/cli.hpp"
+
+#include <cstdio>
+#include <iostream>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include <unistd.h>
+
+namespace rectrain_test {
+
+struct VkRun {
+  int status = -1;     ///< what the program returned (1: an error, 2: a usage error)
+  std::string output;  ///< its stdout and stderr, interleaved as written
+};
+
+/// Runs `rectrain-vk <args>` in this process; `args` are split at spaces
+/// (test paths have none).
+inline VkRun run_vk(const std::string& args) {
+  std::vector<std::string> words{"rectrain-vk"};
+  std::istringstream in(args);
+  for (std::string w; in >> w;) words.push_back(w);
+  std::vector<char*> argv;
+  for (auto& w : words) argv.push_back(w.data());
+  argv.push_back(nullptr);
+
+  std::cout.flush();
+  std::cerr.flush();
+  std::fflush(stdout);
+  std::fflush(stderr);
+  FILE* capture = std::tmpfile();
+  REQUIRE(capture);
+  const int saved_out = ::dup(STDOUT_FILENO), saved_err = ::dup(STDERR_FILENO);
+  ::dup2(::fileno(capture), STDOUT_FILENO);
+  ::dup2(::fileno(capture), STDERR_FILENO);
+  VkRun run;
+  try {
+    run.status = vk::cli_main(static_cast<int>(words.size()), argv.data());
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "(escaped cli_main) %s\n", e.what());
+  }
+  std::cout.flush();
+  std::cerr.flush();
+  std::fflush(stdout);
+  std::fflush(stderr);
+  ::dup2(saved_out, STDOUT_FILENO);
+  ::dup2(saved_err, STDERR_FILENO);
+  ::close(saved_out);
+  ::close(saved_err);
+  std::rewind(capture);
+  char buf[4096];
+  for (size_t n; (n = std::fread(buf, 1, sizeof buf, capture)) > 0;) run.output.append(buf, n);
+  std::fclose(capture);
+  return run;
+}
+
+} // namespace rectrain_test
