@@ -52,4 +52,4 @@ if [ -d "$repo/../shared" ]; then
 fi
 chroot "$root" /bin/bash -c "echo test-libtorch2: \$(dpkg-query -W -f='\${Package} \${Version} ' libtorch-dev catch2)
   cd /src/main && cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=Release -DRECTRAIN_BUILD_BENCHMARKS=OFF >/dev/null &&
-  cmake --build build && cd build && OMP_NUM_THREADS=2 ctest --output-on-failure"
+  cmake --build build && cd build && OMP_NUM_THREADS=2 ctest --output-on-failure -j \$(nproc)"

@@ -9,4 +9,5 @@ cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=Release >/dev/null
 cmake --build build
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
 cd build
-ctest --output-on-failure "$@"
+# The consumer projects (compiles) build while the suite runs.
+ctest --output-on-failure -j "$(nproc)" "$@"

@@ -71,7 +71,7 @@ size_t temporaries(const std::string& dir) {
 
 TEST_CASE("rectrain-vk killed at crash points and at random times resumes to the same bytes", "[train][cli][faults]") {
   TempDir dir;
-  const std::string vk = std::string(RECTRAIN_VK_BINARY) + " --threads 2";
+  const std::string vk = vk_program();
   const std::string data = dir.file("data");
   REQUIRE_THAT(run_command(vk + " synth --scale 0.002 --seed 5 --out " + data), Catch::Contains("synth:"));
   const std::string flags = " --data " + data + " --frozen-epochs 1 --unfrozen-epochs 2 --hidden 32,16 --seeds 1,2";

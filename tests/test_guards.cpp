@@ -28,11 +28,6 @@ using namespace rectrain_test;
 
 namespace {
 
-// The binary, for what only a process shows; RECTRAIN_VK runs those cases
-// against another build.
-const std::string vk_binary =
-    std::string(std::getenv("RECTRAIN_VK") ? std::getenv("RECTRAIN_VK") : RECTRAIN_VK_BINARY) + " --threads 2";
-
 /// rectrain-vk run in this process (vk_in_process.hpp): its output; and its
 /// output with its exit status on a last line "rc=N", like a shell's.
 std::string vk_out(const std::string& args) { return run_vk("--threads 2 " + args).output; }
@@ -370,9 +365,9 @@ TEST_CASE("rectrain-vk: bad flags are one message before any work; runs that wou
     CHECK_FALSE(fs::exists(dir.file("out")));  // nothing written, not even the directory
   }
   // Through the binary: the exit status a shell sees.
-  CHECK_THAT(run_status(vk_binary + " " + train + ok + " --lr nan"),
+  CHECK_THAT(run_status(vk_program() + " " + train + ok + " --lr nan"),
              Catch::Contains("rectrain-vk: error: --lr must be a finite number > 0, got nan") && Catch::EndsWith("rc=1\n"));
-  CHECK_THAT(run_status(vk_binary + " " + train + ok + " --lr 0.1 --lr 0.2"),
+  CHECK_THAT(run_status(vk_program() + " " + train + ok + " --lr 0.1 --lr 0.2"),
              Catch::Contains("--lr: At Most 1 required but received 2") && Catch::EndsWith("rc=2\n"));
   if (!torch::cuda::is_available())
     CHECK_THAT(vk_status(train + ok + " --device cuda"),
@@ -405,7 +400,7 @@ TEST_CASE("rectrain-vk: a full disk during a checkpoint is a message, the tempor
   TempDir dir;
   const std::string data = dir.file("data");
   REQUIRE_THAT(vk_out("synth --scale 0.002 --seed 3 --out " + data), Catch::Contains("synth:"));
-  const std::string train = vk_binary + " train --data " + data + small_run + " --seeds 1 --out ";
+  const std::string train = vk_program() + " train --data " + data + small_run + " --seeds 1 --out ";
   // A file-size limit (every user can set one): writes past it fail with EFBIG.
   const auto limited = run_status("sh -c \"trap '' XFSZ; ulimit -f 200; exec " + train + dir.file("limited") + "\"");
   CHECK_THAT(limited, Catch::Contains("rectrain-vk: error: cannot write " + dir.file("limited/checkpoint-seed1.pt") +
@@ -457,7 +452,7 @@ TEST_CASE("rectrain-vk synth killed before it finishes leaves the previous datas
   REQUIRE_THAT(vk_out("synth --scale 0.002 --seed 3 --out " + data), Catch::Contains("synth:"));
   const auto before = DatasetFingerprint::of(load_dataset(data));
   // Killed once the new files are written beside it, before they are swapped in.
-  CHECK_THAT(run_status("env RECTRAIN_CRASH_AT=directory.swap:1 " + vk_binary + " synth --scale 0.003 --seed 4 --out " + data),
+  CHECK_THAT(run_status("env RECTRAIN_CRASH_AT=directory.swap:1 " + vk_program() + " synth --scale 0.003 --seed 4 --out " + data),
              Catch::Contains("Killed") || Catch::Contains("rc=137"));
   CHECK(before.differences(DatasetFingerprint::of(load_dataset(data))).empty());
   // The next synth sweeps the dead run's staging directory and swaps in whole.

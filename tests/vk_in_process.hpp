@@ -10,6 +10,7 @@
 #include "../examples/vk_ranker/cli.hpp"
 
 #include <cstdio>
+#include <cstdlib>
 #include <iostream>
 #include <sstream>
 #include <string>
@@ -62,6 +63,18 @@ inline VkRun run_vk(const std::string& args) {
   for (size_t n; (n = std::fread(buf, 1, sizeof buf, capture)) > 0;) run.output.append(buf, n);
   std::fclose(capture);
   return run;
+}
+
+/// The rectrain-vk binary with `--threads 2`, for the cases that need a
+/// process of their own; RECTRAIN_VK runs them against another build. The
+/// build does not order the tests after the binary (that would hold their
+/// compilation back until it is linked), so a missing one is said here.
+inline std::string vk_program() {
+  const char* other = std::getenv("RECTRAIN_VK");
+  const std::string path = other ? other : RECTRAIN_VK_BINARY;
+  if (::access(path.c_str(), X_OK) != 0)
+    FAIL(path << " is not there: build the rectrain-vk target too (cmake --build builds both)");
+  return path + " --threads 2";
 }
 
 } // namespace rectrain_test

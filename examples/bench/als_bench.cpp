@@ -12,6 +12,7 @@
 // Data: /usr/bin/python3 ../shared/bench/als_data.py s|m (writes /tmp/alsdata).
 
 #include "machine.hpp"
+#include "programs.hpp"
 
 #include <rectrain/als/implicit_als.hpp>
 #include <rectrain/core/id_map.hpp>
@@ -107,7 +108,7 @@ rectrain::AlsFactors reference_fit(const rectrain::CsrMatrix& m, float confidenc
 
 } // namespace
 
-int main(int argc, char** argv) {
+int als_bench_main(int argc, char** argv) {
   std::string input, solver = "cg", backend = "eigen";
   int64_t factors = 64, iterations = 6, threads = static_cast<int64_t>(std::thread::hardware_concurrency());
   double confidence = 1.0;

@@ -5,6 +5,7 @@
 // ~7M rows) into a temporary directory first.
 
 #include "machine.hpp"
+#include "programs.hpp"
 
 #include <rectrain/rectrain.hpp>
 
@@ -45,7 +46,7 @@ double plain_from_chars_seconds(const std::string& path, int64_t& rows) {
 
 } // namespace
 
-int main(int argc, char** argv) {
+int csv_bench_main(int argc, char** argv) {
   double scale = 0.05;
   std::string dir;
   int threads = static_cast<int>(std::thread::hardware_concurrency());

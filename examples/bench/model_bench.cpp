@@ -18,6 +18,7 @@
 //               [--no-memory-reuse]
 
 #include "machine.hpp"
+#include "programs.hpp"
 
 #include <rectrain/rectrain.hpp>
 
@@ -253,7 +254,7 @@ void run_model(int64_t groups, int runs, torch::Device device, double scale, con
 
 } // namespace
 
-int main(int argc, char** argv) {
+int model_bench_main(int argc, char** argv) {
   CLI::App app{"rectrain model components benchmark"};
   std::string part = "all", device_name = "cpu";
   int64_t groups = 4096, model_groups = 256;

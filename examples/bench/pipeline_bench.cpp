@@ -5,12 +5,13 @@
 //   pipeline_bench [--scale S] [--threads T] [--batch B] [--device cpu|cuda]
 
 #include "machine.hpp"
+#include "programs.hpp"
 
 #include <rectrain/rectrain.hpp>
 
 #include <filesystem>
 
-int main(int argc, char** argv) {
+int pipeline_bench_main(int argc, char** argv) {
   double scale = 0.02;
   int threads = static_cast<int>(std::thread::hardware_concurrency());
   int64_t batch = 256;

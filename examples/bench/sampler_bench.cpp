@@ -5,6 +5,7 @@
 //   sampler_bench [--sizes 1000000,10000000,100000000] [--threads T] [--runs R]
 
 #include "machine.hpp"
+#include "programs.hpp"
 
 #include <rectrain/rectrain.hpp>
 
@@ -88,7 +89,7 @@ int64_t rectrain_epoch(rectrain::GroupSampler& s, int64_t epoch) {
 
 } // namespace
 
-int main(int argc, char** argv) {
+int sampler_bench_main(int argc, char** argv) {
   std::vector<int64_t> sizes{1000000, 10000000, 100000000};
   int threads = static_cast<int>(std::thread::hardware_concurrency());
   int runs = 3;
