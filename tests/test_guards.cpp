@@ -211,16 +211,16 @@ TEST_CASE("predict scores a (raw user, raw item) pair the same after renumbering
   REQUIRE(pa.size() == 5500);
   REQUIRE(pb.size() == 5540);
   // The same up to the rounding of the matrix products, which depends on
-  // where a row falls in a block (the scores spread over about +-3).
+  // where a row falls in a block (the scores spread over about +-3; a row
+  // scored with a neighbour's embedding would be off by tenths). How many
+  // come out bit-identical depends on the BLAS: most with LibTorch 1.13's
+  // OpenBLAS on Zen 3, 3051 of 5500 with LibTorch 2.6's.
   double worst = 0;
-  int64_t exact = 0;
   for (const auto& [pair, score] : pa) {
     REQUIRE(pb.count(pair) == 1);
     worst = std::max(worst, std::abs(static_cast<double>(score) - pb.at(pair)));
-    exact += score == pb.at(pair);
   }
   CHECK(worst < 1e-5);
-  CHECK(exact > 5000);
   for (const auto& [pair, score] : pb) CHECK(std::isfinite(score));
 
   // Data that shares no id with the model, and data without its inputs.
