@@ -33,10 +33,41 @@ inline std::string cpu_isa() {
   return "unknown ISA";
 }
 
+/// The compiler and the vector ISA it was allowed to use: a figure from a
+/// -march=native build does not hold for a build with default flags.
+inline std::string built_for() {
+#if defined(__AVX512F__) && defined(__AVX512BF16__)
+  const char* isa = "AVX-512 + BF16";
+#elif defined(__AVX512F__)
+  const char* isa = "AVX-512";
+#elif defined(__AVX2__) && defined(__FMA__)
+  const char* isa = "AVX2 + FMA";
+#elif defined(__AVX2__)
+  const char* isa = "AVX2";
+#elif defined(__AVX__)
+  const char* isa = "AVX";
+#elif defined(__x86_64__)
+  const char* isa = "x86-64 baseline (SSE2)";
+#elif defined(__aarch64__)
+  const char* isa = "AArch64";
+#else
+  const char* isa = "the compiler's default";
+#endif
+#if defined(__clang__)
+  const std::string compiler = std::string("clang ") + __clang_version__;
+#elif defined(__GNUC__)
+  const std::string compiler = std::string("GCC ") + __VERSION__;
+#else
+  const std::string compiler = "an unknown compiler";
+#endif
+  return compiler + ", code for " + isa;
+}
+
 inline void print_machine(const char* name) {
   std::printf("# %s\n# machine: %s (%s), %u hardware threads, LibTorch %d.%d, %d intra-op threads\n", name,
               cpu_model().c_str(), cpu_isa().c_str(), std::thread::hardware_concurrency(), TORCH_VERSION_MAJOR,
               TORCH_VERSION_MINOR, at::get_num_threads());
+  std::printf("# built with %s\n", built_for().c_str());
   if (torch::cuda::is_available()) std::printf("# cuda: %d device(s)\n", static_cast<int>(torch::cuda::device_count()));
 }
 
