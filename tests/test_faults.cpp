@@ -319,13 +319,12 @@ TEST_CASE("A dataset over the memory budget fails before loading, with the estim
 
 TEST_CASE("rectrain-vk reports numerical faults with what to change and writes nothing", "[faults][cli]") {
   TempDir dir;
-  auto vk_run = [](const std::string& args) { return run_vk("--threads 2 " + args).output; };
   const std::string data = dir.file("data");
-  REQUIRE_THAT(vk_run("synth --scale 0.002 --seed 3 --out " + data), Catch::Contains("synth:"));
+  REQUIRE_THAT(vk_out("synth --scale 0.002 --seed 3 --out " + data), Catch::Contains("synth:"));
   const std::string train = "train --frozen-epochs 1 --unfrozen-epochs 1 --hidden 16 --seeds 1";
 
   // A loss that becomes NaN: named, with the remedies; no checkpoint, no predictions.
-  const auto diverged = vk_run(train + " --data " + data + " --lr 1e30 --out " + dir.file("nan"));
+  const auto diverged = vk_out(train + " --data " + data + " --lr 1e30 --out " + dir.file("nan"));
   CHECK_THAT(diverged, Catch::Contains("training diverged: the") && Catch::Contains("became NaN") &&
                            Catch::Contains("lower the learning rate"));
   CHECK_FALSE(fs::exists(dir.file("nan/checkpoint-seed1.pt")));
@@ -336,7 +335,7 @@ TEST_CASE("rectrain-vk reports numerical faults with what to change and writes n
   fs::create_directories(bad);
   write_file(bad + "/interactions.csv",
              "user_id,item_id,timespent,like,dislike,share,bookmarks\n1,10,2,1,0,0,0\n1,11,inf,0,0,0,0\n");
-  CHECK_THAT(vk_run(train + " --data " + bad + " --out " + dir.file("bad_out")),
+  CHECK_THAT(vk_out(train + " --data " + bad + " --out " + dir.file("bad_out")),
              Catch::Contains(bad + "/interactions.csv:3:3: column 'timespent'") && Catch::Contains("'inf'"));
   CHECK_FALSE(fs::exists(dir.file("bad_out/checkpoint-seed1.pt")));
 }

@@ -28,9 +28,8 @@ using namespace rectrain_test;
 
 namespace {
 
-/// rectrain-vk run in this process (vk_in_process.hpp): its output; and its
-/// output with its exit status on a last line "rc=N", like a shell's.
-std::string vk_out(const std::string& args) { return run_vk("--threads 2 " + args).output; }
+/// rectrain-vk run in this process (vk_in_process.hpp): its output with its
+/// exit status on a last line "rc=N", like a shell's.
 std::string vk_status(const std::string& args) {
   const auto run = run_vk("--threads 2 " + args);
   return run.output + "rc=" + std::to_string(run.status) + "\n";

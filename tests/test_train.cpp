@@ -323,12 +323,10 @@ TEST_CASE("train_epoch and score_groups under bf16 autocast: LayerNorm and Batch
 
 TEST_CASE("rectrain-vk train, predict and --resume", "[train][cli]") {
   TempDir dir;
-  // rectrain-vk's program in this process (vk_in_process.hpp).
-  auto vk_run = [](const std::string& args) { return run_vk("--threads 2 " + args).output; };
   const std::string data = dir.file("data");
-  REQUIRE_THAT(vk_run("synth --scale 0.002 --seed 3 --out " + data), Catch::Contains("synth:"));
+  REQUIRE_THAT(vk_out("synth --scale 0.002 --seed 3 --out " + data), Catch::Contains("synth:"));
   const std::string flags = " --data " + data + " --frozen-epochs 1 --unfrozen-epochs 1 --hidden 32,16 --seeds 1,2";
-  const auto full = vk_run("train" + flags + " --out " + dir.file("full"));
+  const auto full = vk_out("train" + flags + " --out " + dir.file("full"));
   INFO(full);
   REQUIRE_THAT(full, Catch::Contains("train: done"));
   CHECK_THAT(full, Catch::Contains("seed 1 epoch 0 (frozen)") && Catch::Contains("seed 2 epoch 1:") &&
@@ -343,20 +341,20 @@ TEST_CASE("rectrain-vk train, predict and --resume", "[train][cli]") {
 
   // Interrupted after 1 and after 2 more epochs, then resumed: the same bytes.
   const std::string cut = " --out " + dir.file("cut");
-  CHECK_THAT(vk_run("train" + flags + cut + " --stop-after 1"), Catch::Contains("stopped after 1 epochs"));
+  CHECK_THAT(vk_out("train" + flags + cut + " --stop-after 1"), Catch::Contains("stopped after 1 epochs"));
   CHECK_FALSE(fs::exists(dir.file("cut/predictions.csv")));
-  CHECK_THAT(vk_run("train" + flags + cut + " --resume --stop-after 2"),
+  CHECK_THAT(vk_out("train" + flags + cut + " --resume --stop-after 2"),
              Catch::Contains("resumed from") && Catch::Contains("after epoch 1"));
-  const auto resumed = vk_run("train" + flags + cut + " --resume");
+  const auto resumed = vk_out("train" + flags + cut + " --resume");
   INFO(resumed);
   CHECK(read_file(dir.file("cut/predictions.csv")) == read_file(dir.file("full/predictions.csv")));
   const auto cut_log = read_file(dir.file("cut/metrics.jsonl"));
   CHECK(std::count(cut_log.begin(), cut_log.end(), '\n') == 4);
-  CHECK_THAT(vk_run("train --data " + data + " --hidden 8 --frozen-epochs 1 --unfrozen-epochs 1 --seeds 1,2" +
+  CHECK_THAT(vk_out("train --data " + data + " --hidden 8 --frozen-epochs 1 --unfrozen-epochs 1 --seeds 1,2" +
                          cut + " --resume"),
              Catch::Contains("other settings") && Catch::Contains("hidden=32,16"));
   // A resumed run with fewer seeds would leave the others' models for predict.
-  CHECK_THAT(vk_run("train" + flags.substr(0, flags.find(" --seeds")) + " --seeds 1" + cut + " --resume"),
+  CHECK_THAT(vk_out("train" + flags.substr(0, flags.find(" --seeds")) + " --seeds 1" + cut + " --resume"),
              Catch::Contains("holds checkpoint-seed2.pt, from a seed this run does not train (--seeds 1)"));
 
   CHECK_THAT(full, Catch::Contains("training: 4 epochs in") && Catch::Contains("of torch::mm's rate"));
@@ -365,22 +363,22 @@ TEST_CASE("rectrain-vk train, predict and --resume", "[train][cli]") {
   // through the checkpoint, and a cut run still ends on the same bytes.
   const std::string sparse =
       " --data " + data + " --frozen-epochs 0 --unfrozen-epochs 2 --hidden 32,16 --seeds 1 --table-update lazy";
-  REQUIRE_THAT(vk_run("train" + sparse + " --out " + dir.file("sparse")), Catch::Contains("train: done"));
-  CHECK_THAT(vk_run("train" + sparse + " --out " + dir.file("sparse_cut") + " --stop-after 1"),
+  REQUIRE_THAT(vk_out("train" + sparse + " --out " + dir.file("sparse")), Catch::Contains("train: done"));
+  CHECK_THAT(vk_out("train" + sparse + " --out " + dir.file("sparse_cut") + " --stop-after 1"),
              Catch::Contains("stopped after 1 epochs"));
-  CHECK_THAT(vk_run("train" + sparse + " --out " + dir.file("sparse_cut") + " --resume"),
+  CHECK_THAT(vk_out("train" + sparse + " --out " + dir.file("sparse_cut") + " --resume"),
              Catch::Contains("after epoch 1") && Catch::Contains("train: done"));
   CHECK(read_file(dir.file("sparse_cut/predictions.csv")) == read_file(dir.file("sparse/predictions.csv")));
 
   // predict rebuilds both models from their files: the same predictions.
-  const auto predicted = vk_run("predict --data " + data + " --models " + dir.file("full") +
+  const auto predicted = vk_out("predict --data " + data + " --models " + dir.file("full") +
                                      " --predictions " + dir.file("again.csv"));
   INFO(predicted);
   CHECK_THAT(predicted, Catch::Contains("from 2 model(s)"));
   CHECK(read_file(dir.file("again.csv")) == read_file(dir.file("full/predictions.csv")));
-  CHECK_THAT(vk_run("predict --data " + data + " --models " + dir.file("cut/metrics.jsonl")),
+  CHECK_THAT(vk_out("predict --data " + data + " --models " + dir.file("cut/metrics.jsonl")),
              Catch::Contains("not a readable LibTorch archive"));
-  CHECK_THAT(vk_run("train --help"), Catch::Contains("--no-als") && Catch::Contains("--no-freeze") &&
+  CHECK_THAT(vk_out("train --help"), Catch::Contains("--no-als") && Catch::Contains("--no-freeze") &&
                                                    Catch::Contains("--seeds") && Catch::Contains("--resume"));
 }
 

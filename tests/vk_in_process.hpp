@@ -35,10 +35,15 @@ inline VkRun run_vk(const std::string& args) {
   for (auto& w : words) argv.push_back(w.data());
   argv.push_back(nullptr);
 
-  std::cout.flush();
-  std::cerr.flush();
-  std::fflush(stdout);
-  std::fflush(stderr);
+  // Both the C++ and the C streams, so that nothing written before lands in
+  // the capture, or after it outside.
+  const auto flush_all = [] {
+    std::cout.flush();
+    std::cerr.flush();
+    std::fflush(stdout);
+    std::fflush(stderr);
+  };
+  flush_all();
   FILE* capture = std::tmpfile();
   REQUIRE(capture);
   const int saved_out = ::dup(STDOUT_FILENO), saved_err = ::dup(STDERR_FILENO);
@@ -50,10 +55,7 @@ inline VkRun run_vk(const std::string& args) {
   } catch (const std::exception& e) {
     std::fprintf(stderr, "(escaped cli_main) %s\n", e.what());
   }
-  std::cout.flush();
-  std::cerr.flush();
-  std::fflush(stdout);
-  std::fflush(stderr);
+  flush_all();
   ::dup2(saved_out, STDOUT_FILENO);
   ::dup2(saved_err, STDERR_FILENO);
   ::close(saved_out);
@@ -64,6 +66,9 @@ inline VkRun run_vk(const std::string& args) {
   std::fclose(capture);
   return run;
 }
+
+/// `rectrain-vk --threads 2 <args>` in this process: its output.
+inline std::string vk_out(const std::string& args) { return run_vk("--threads 2 " + args).output; }
 
 /// The rectrain-vk binary with `--threads 2`, for the cases that need a
 /// process of their own; RECTRAIN_VK runs them against another build. The

@@ -145,6 +145,12 @@ inline bool seed_of_file(const std::string& name, uint64_t& seed) {
   return true;
 }
 
+inline std::string join(const std::vector<std::string>& names) {
+  std::string out;
+  for (const auto& n : names) out += (out.empty() ? "" : ",") + n;
+  return out;
+}
+
 /// Checks what --out holds before a run writes there (the caller holds its
 /// lock): a fresh run refuses another run's outputs unless --overwrite,
 /// which removes them; --resume refuses the files of seeds it does not
@@ -167,24 +173,19 @@ inline void prepare_output_directory(const TrainRun& run) {
     std::printf("train: --overwrite: removed %zu files of an earlier run from %s\n", outputs.size(), run.out.c_str());
     return;
   }
-  std::string seeds;
-  for (const auto s : run.seeds) seeds += (seeds.empty() ? "" : ",") + std::to_string(s);
   for (const auto& name : outputs) {
     uint64_t seed = 0;
-    if (seed_of_file(name, seed) && std::find(run.seeds.begin(), run.seeds.end(), seed) == run.seeds.end())
+    if (seed_of_file(name, seed) && std::find(run.seeds.begin(), run.seeds.end(), seed) == run.seeds.end()) {
+      std::vector<std::string> seeds;
+      for (const auto s : run.seeds) seeds.push_back(std::to_string(s));
       throw rectrain::Error("--resume: " + run.out + " holds " + name + ", from a seed this run does not train (--seeds " +
-                            seeds + "); resume with the earlier run's --seeds, or start afresh with --overwrite");
+                            join(seeds) + "); resume with the earlier run's --seeds, or start afresh with --overwrite");
+    }
   }
 }
 
 inline std::string seed_file(const std::string& out, const char* stem, uint64_t seed) {
   return (std::filesystem::path(out) / (std::string(stem) + "-seed" + std::to_string(seed) + ".pt")).string();
-}
-
-inline std::string join(const std::vector<std::string>& names) {
-  std::string out;
-  for (const auto& n : names) out += (out.empty() ? "" : ",") + n;
-  return out;
 }
 
 inline std::vector<std::string> split(const std::string& s, char separator = ',') {
