@@ -9,6 +9,7 @@
 
 // Only the headers used (the umbrella header's ALS and model code would
 // double this file's build time).
+#include <rectrain/core/cpu_isa.hpp>
 #include <rectrain/core/directory_lock.hpp>
 #include <rectrain/core/text.hpp>
 #include <rectrain/core/torch_archive.hpp>
@@ -368,6 +369,17 @@ TEST_CASE("rectrain-vk: bad flags are one message before any work; runs that wou
              Catch::Contains("rectrain-vk: error: --lr must be a finite number > 0, got nan") && Catch::EndsWith("rc=1\n"));
   CHECK_THAT(run_status(vk_program() + " " + train + ok + " --lr 0.1 --lr 0.2"),
              Catch::Contains("--lr: At Most 1 required but received 2") && Catch::EndsWith("rc=2\n"));
+  // bf16 on a CPU that would run it 20x slower than fp32: refused unless asked for.
+  if (!rectrain::cpu_has_native_bf16())
+    CHECK_THAT(vk_status(train + ok + " --bf16"),
+               Catch::Contains("rectrain-vk: error: --bf16: this CPU has no native bf16 (AVX512-BF16 or AMX)") &&
+                   Catch::Contains("--allow-slow-bf16") && Catch::EndsWith("rc=1\n"));
+  else
+    WARN("this CPU has native bf16: the --bf16 refusal is not checked");
+  // A RECTRAIN_CPU_ISA that is not a level: an error before any work.
+  CHECK_THAT(run_status("RECTRAIN_CPU_ISA=avx3 " + vk_program() + " " + train + ok),
+             Catch::Contains("rectrain-vk: error: RECTRAIN_CPU_ISA: \"avx3\" is not a level") &&
+                 Catch::EndsWith("rc=1\n"));
   if (!torch::cuda::is_available())
     CHECK_THAT(vk_status(train + ok + " --device cuda"),
                Catch::Contains("--device cuda: this LibTorch has no CUDA support or sees no GPU") &&

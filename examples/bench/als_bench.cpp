@@ -14,6 +14,7 @@
 #include "machine.hpp"
 #include "programs.hpp"
 
+#include <rectrain/als/confidence_pass.hpp>
 #include <rectrain/als/implicit_als.hpp>
 #include <rectrain/core/id_map.hpp>
 #include <rectrain/data/csv.hpp>
@@ -154,6 +155,11 @@ int als_bench_main(int argc, char** argv) {
     std::printf("factors %lld, confidence %g (%s), solver %s, backend %s, %lld threads\n",
                 static_cast<long long>(factors), confidence, solver == "reference" ? "reference CG" : confidence == 1 ? "binary: shared exact solve" : "weighted",
                 solver.c_str(), backend.c_str(), static_cast<long long>(threads));
+    if (solver == "cg" && confidence != 1) {
+      const int level = rectrain::detail::confidence_pass_level<float>(factors, rectrain::cpu_isa());
+      std::printf("CG pass kernel: %s\n", level < 0 ? "none (f is not a multiple of 4: Eigen GEMVs)"
+                                                      : rectrain::cpu_isa_name(static_cast<rectrain::CpuIsa>(level)));
+    }
     const double rss_before = status_gib("VmRSS");
     reset_peak_rss();
     t0 = bench::now_seconds();

@@ -1,9 +1,12 @@
 #pragma once
 // What every benchmark prints first: the machine it ran on.
 
+#include <rectrain/core/cpu_isa.hpp>
+
 #include <torch/torch.h>
 
 #include <chrono>
+#include <cstdlib>
 #include <cstdio>
 #include <fstream>
 #include <string>
@@ -68,6 +71,13 @@ inline void print_machine(const char* name) {
               cpu_model().c_str(), cpu_isa().c_str(), std::thread::hardware_concurrency(), TORCH_VERSION_MAJOR,
               TORCH_VERSION_MINOR, at::get_num_threads());
   std::printf("# built with %s\n", built_for().c_str());
+  // What rectrain's own kernels run on: chosen at run time, whatever the
+  // build's flags (RECTRAIN_CPU_ISA overrides it).
+  const char* forced = std::getenv("RECTRAIN_CPU_ISA");
+  std::printf("# rectrain kernels dispatched to %s (%s; widest on this CPU %s; native bf16 %s)\n",
+              rectrain::cpu_isa_name(rectrain::cpu_isa()),
+              forced && *forced ? (std::string("RECTRAIN_CPU_ISA=") + forced).c_str() : "chosen at run time",
+              rectrain::cpu_isa_name(rectrain::best_cpu_isa()), rectrain::cpu_has_native_bf16() ? "yes" : "no");
   if (torch::cuda::is_available()) std::printf("# cuda: %d device(s)\n", static_cast<int>(torch::cuda::device_count()));
 }
 

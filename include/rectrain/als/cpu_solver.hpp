@@ -10,15 +10,15 @@
 //   any iterative method.
 // - Otherwise conjugate gradient, warm-started from the previous factors,
 //   applying the matrix as YᵀY p + Σ (c − 1)(y_iᵀp) y_i (the YᵀY trick of
-//   Takács et al.: no per-user f×f matrix). Users are solved in batches of
-//   similar degree so that YᵀY is applied to a whole batch's vectors with
-//   one GEMM (or, when the fixed side is small, in the eigenbasis of YᵀY +
-//   λI, where that product is diagonal), and each user's rows of Y are
-//   copied once into a contiguous block that every CG pass then reads with
-//   one fused loop.
+//   Takács et al.: no per-user f×f matrix), in the eigenbasis of YᵀY + λI,
+//   where that product is diagonal. Users are solved in batches of similar
+//   degree, and each user's rows of Y are copied once into a contiguous
+//   block that every CG pass then reads with the vector kernel of
+//   confidence_pass.hpp, for the CPU's ISA.
 // - Or, on request, an exact per-row Cholesky solve.
 
 #include <rectrain/als/als_problem.hpp>
+#include <rectrain/als/confidence_pass.hpp>
 #include <rectrain/core/error.hpp>
 #include <rectrain/core/huge_pages.hpp>
 
@@ -28,6 +28,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <cstring>
 #include <utility>
 #include <vector>
 
@@ -63,90 +64,6 @@ inline std::vector<int64_t> nnz_balanced_ranges(const CsrMatrix& m, int64_t targ
   if (bounds.back() != m.rows) bounds.push_back(m.rows);
   return bounds;
 }
-
-/// One CG pass over a chunk of contiguous rows (see fused_confidence_pass);
-/// nullptr where only the Eigen GEMV path exists.
-template <class T>
-using FusedPass = void (*)(const T*, int64_t, const float*, bool, const T*, T*);
-
-#if defined(__GNUC__) || defined(__clang__)
-/// Sum of a 64-byte vector's lanes as a tree (halving the vector), not
-/// lane by lane: a float reduction is not reassociated by the compiler,
-/// and a 16-step serial chain would dominate each row's cost.
-template <class T>
-inline T horizontal_sum(T __attribute__((vector_size(64))) v) {
-  typedef T Half __attribute__((vector_size(32)));
-  typedef T Quarter __attribute__((vector_size(16)));
-  Half a, b;
-  __builtin_memcpy(&a, &v, sizeof(Half));
-  __builtin_memcpy(&b, reinterpret_cast<const char*>(&v) + sizeof(Half), sizeof(Half));
-  a += b;
-  Quarter c, d;
-  __builtin_memcpy(&c, &a, sizeof(Quarter));
-  __builtin_memcpy(&d, reinterpret_cast<const char*>(&a) + sizeof(Quarter), sizeof(Quarter));
-  c += d;
-  if constexpr (sizeof(T) == 4)
-    return (c[0] + c[2]) + (c[1] + c[3]);
-  else
-    return c[0] + c[1];
-}
-
-/// acc += Σ_q s_q y_q over `len` contiguous rows y_q of V vectors each,
-/// with s_q = c_q − (c_q − 1) y_qᵀv (residual) or (c_q − 1) y_qᵀv: one pass
-/// that takes each row once into registers for its dot product and its
-/// update, where a pair of GEMVs would read the rows twice and reduce the
-/// dot products less efficiently. Vectors are 64-byte GCC/Clang vector
-/// extensions: the width of the target's widest registers when it has
-/// AVX-512, split into narrower registers otherwise.
-template <class T, int V>
-void fused_confidence_pass(const T* rows, int64_t len, const float* c, bool residual, const T* v, T* acc) {
-  constexpr int kLanes = 64 / static_cast<int>(sizeof(T));
-  typedef T Vec __attribute__((vector_size(64)));
-  const auto load = [](const T* p) {
-    Vec x;
-    __builtin_memcpy(&x, p, sizeof(Vec));
-    return x;
-  };
-  Vec vv[V], aa[V];
-  for (int k = 0; k < V; ++k) {
-    vv[k] = load(v + k * kLanes);
-    aa[k] = Vec{};
-  }
-  for (int64_t q = 0; q < len; ++q) {
-    const T* r = rows + q * (V * kLanes);
-    // Four partial sums: a short dependency chain before the reduction.
-    Vec d[4] = {load(r) * vv[0], Vec{}, Vec{}, Vec{}};
-    for (int k = 1; k < V; ++k) d[k % 4] += load(r + k * kLanes) * vv[k];
-    const T t = horizontal_sum<T>((d[0] + d[1]) + (d[2] + d[3]));
-    const T cq = static_cast<T>(c[q]);
-    const T sq = residual ? cq - (cq - 1) * t : (cq - 1) * t;
-    for (int k = 0; k < V; ++k) aa[k] += sq * load(r + k * kLanes);
-  }
-  for (int k = 0; k < V; ++k) {
-    Vec out = load(acc + k * kLanes) + aa[k];
-    __builtin_memcpy(acc + k * kLanes, &out, sizeof(Vec));
-  }
-}
-
-/// The fused pass for f = V * lanes, V in [1, 16]; nullptr for other f.
-template <class T, int... V>
-FusedPass<T> pick_fused_pass(int64_t f, std::integer_sequence<int, V...>) {
-  constexpr int64_t kLanes = 64 / static_cast<int64_t>(sizeof(T));
-  FusedPass<T> out = nullptr;
-  ((f == (V + 1) * kLanes ? (out = &fused_confidence_pass<T, V + 1>, 0) : 0), ...);
-  return out;
-}
-template <class T>
-FusedPass<T> fused_pass_for(int64_t f) {
-  return pick_fused_pass<T>(f, std::make_integer_sequence<int, 16>{});
-}
-#else
-// Other compilers: the Eigen GEMV path only.
-template <class T>
-FusedPass<T> fused_pass_for(int64_t) {
-  return nullptr;
-}
-#endif
 
 /// Σ_all cells c (p − xᵀy)² + λ(‖X‖² + ‖Y‖²), computed as
 /// tr(XᵀX YᵀY) + Σ_nonzeros [c (1 − s)² − s²] + λ(…), s = x_uᵀy_i. Reads
@@ -216,7 +133,11 @@ class CpuAlsSolver {
   // then stay in L2 across the CG steps).
   static constexpr int64_t kBlockBytes = 384 * 1024;
   static constexpr int64_t kMaxBatch = 32;
-  static constexpr int64_t kChunkRows = 64;
+  // The CG pass reads each chunk of rows twice (confidence_pass.hpp): about
+  // 16 KiB of them, so that the second read finds them in L1.
+  static int64_t chunk_rows(int64_t f) {
+    return std::clamp<int64_t>(16384 / (f * static_cast<int64_t>(sizeof(T))), 8, 64);
+  }
 
   struct CgWorkspace {
     Matrix x, r, p, ap;
@@ -227,8 +148,15 @@ class CpuAlsSolver {
     std::vector<char> active;
   };
 
+  /// Buffers kept across iterations, per side: fresh pages of this size
+  /// every half-step would cost their zeroing each time.
+  struct Scratch {
+    torch::Tensor fixed;   ///< like the fixed side: its rotated rows (CG)
+    torch::Tensor solved;  ///< like the solved side: P Y (binary), rotated rows (CG)
+  };
+
   void solve(const AlsSide& side, const std::vector<int64_t>& order, torch::Tensor& x, const torch::Tensor& y,
-             torch::Tensor& scratch) {
+             Scratch& scratch) {
     if (p_.binary)
       solve_shared(side, x, y, scratch);
     else if (p_.solver == AlsSolver::Cholesky)
@@ -237,8 +165,7 @@ class CpuAlsSolver {
       solve_cg(side, order, x, y, scratch);
   }
 
-  /// A [rows, f] buffer kept across iterations: fresh pages of this size
-  /// every half-step would cost their zeroing each time.
+  /// `scratch`, (re)allocated to the shape and type of `like`.
   static torch::Tensor& scratch_like(torch::Tensor& scratch, const torch::Tensor& like) {
     if (!scratch.defined() || scratch.sizes() != like.sizes() || scratch.scalar_type() != like.scalar_type())
       scratch = empty_huge_pages(like.sizes(), like.options());
@@ -265,10 +192,10 @@ class CpuAlsSolver {
   }
 
   // ---- every confidence 1: X = (P Y) (YᵀY + λI)⁻¹ -------------------------
-  void solve_shared(const AlsSide& side, torch::Tensor& x, const torch::Tensor& y, torch::Tensor& scratch) {
+  void solve_shared(const AlsSide& side, torch::Tensor& x, const torch::Tensor& y, Scratch& scratch) {
     const CsrMatrix& m = side.m;
     const int64_t f = y.size(1);
-    auto& b = scratch_like(scratch, x);
+    torch::Tensor& b = scratch_like(scratch.solved, x);
     const int64_t* ptr = m.indptr.data_ptr<int64_t>();
     const int32_t* idx = m.indices.data_ptr<int32_t>();
     const T* yp = y.data_ptr<T>();
@@ -321,27 +248,27 @@ class CpuAlsSolver {
     return batches;
   }
 
-  /// Copies rows idx[0..len) of y into dst, prefetching a few rows ahead
-  /// (the gather is the one pass that reads far memory).
+  /// Copies rows idx[0..len) of y into dst, prefetching about 6 KiB of rows
+  /// ahead: the gather is the one pass that reads far memory, and with only
+  /// two rows ahead (f = 128) it waited on memory for most of its time.
   static void gather_rows(const T* y, int64_t f, const int32_t* idx, int64_t len, const int32_t* idx_end, T* dst) {
-    constexpr int64_t kAhead = 2;
     const int64_t bytes = f * static_cast<int64_t>(sizeof(T));
+    const int64_t ahead = std::max<int64_t>(2, 6144 / bytes);
     for (int64_t q = 0; q < len; ++q) {
-      if (idx + q + kAhead < idx_end) {
-        const char* ahead = reinterpret_cast<const char*>(y + int64_t{idx[q + kAhead]} * f);
+      if (idx + q + ahead < idx_end) {
+        const char* next = reinterpret_cast<const char*>(y + int64_t{idx[q + ahead]} * f);
 #if defined(__GNUC__) || defined(__clang__)
-        for (int64_t b = 0; b < bytes; b += 64) __builtin_prefetch(ahead + b);
+        for (int64_t b = 0; b < bytes; b += 64) __builtin_prefetch(next + b);
 #else
-        (void)ahead;
-        (void)bytes;
+        (void)next;
 #endif
       }
-      VectorMap(dst + q * f, f) = ConstVectorMap(y + int64_t{idx[q]} * f, f);
+      std::memcpy(dst + q * f, y + int64_t{idx[q]} * f, static_cast<size_t>(bytes));  // libc's copy: the CPU's widest
     }
   }
 
   void solve_cg(const AlsSide& side, const std::vector<int64_t>& order, torch::Tensor& x, const torch::Tensor& y,
-                torch::Tensor& scratch) {
+                Scratch& scratch) {
     const CsrMatrix& m = side.m;
     const int64_t f = y.size(1);
     const int64_t steps = p_.cg_steps;
@@ -350,33 +277,27 @@ class CpuAlsSolver {
     // CG applies YᵀY + λI to every row's vectors 1 + steps times. In the
     // eigenbasis of that matrix, G = Q Λ Qᵀ, it is diagonal: solve there
     // for z = Qᵀx against rotated rows Qᵀy_i (CG is invariant under
-    // rotations: the same iterates up to rounding). That costs one rotation
-    // of the fixed side (cols f²) and two per row (in and out), instead of
-    // (1 + steps) f² per row: worth it when cols is small next to rows.
-    const bool rotate = m.cols + 2 * m.rows < (1 + steps) * m.rows;
-    Matrix g, q;
-    Vector lambda;
-    torch::Tensor source = y;
-    if (rotate) {
-      const auto eig = torch::linalg_eigh(torch::from_blob(const_cast<double*>(g64.data()), {f, f}, torch::kFloat64));
-      const auto values = std::get<0>(eig).contiguous(), vectors = std::get<1>(eig).contiguous();
-      lambda = Eigen::Map<const Eigen::VectorXd>(values.data_ptr<double>(), f).template cast<T>();
-      // linalg_eigh returns row-major storage: Q(i, j) = vectors[i][j].
-      q = Eigen::Map<const Eigen::Matrix<double, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>>(
-              vectors.data_ptr<double>(), f, f)
-              .template cast<T>();
-      source = scratch_like(scratch, y);
-      torch::mm_out(source, y, vectors.to(y.scalar_type()));  // rows y_iᵀQ = (Qᵀy_i)ᵀ
-    } else {
-      g = g64.template cast<T>();
-    }
+    // rotations: the same iterates up to rounding). The rotations, of the
+    // fixed side and of this side in and out, are three GEMMs through
+    // LibTorch's BLAS, which picks its kernel for the CPU at run time, in
+    // place of (1 + steps) f² per row in Eigen (whose vector width is the
+    // build's: SSE2 without -march).
+    const auto eig = torch::linalg_eigh(torch::from_blob(const_cast<double*>(g64.data()), {f, f}, torch::kFloat64));
+    const auto values = std::get<0>(eig).contiguous();
+    const Vector lambda = Eigen::Map<const Eigen::VectorXd>(values.data_ptr<double>(), f).template cast<T>();
+    const auto q = std::get<1>(eig).to(y.scalar_type()).contiguous();
+    torch::Tensor& source = scratch_like(scratch.fixed, y);
+    torch::mm_out(source, y, q);  // rows y_iᵀQ = (Qᵀy_i)ᵀ
+    torch::Tensor& z = scratch_like(scratch.solved, x);
+    torch::mm_out(z, x, q);
     const auto batches = make_batches(m, order, f);
     const int64_t* ptr = m.indptr.data_ptr<int64_t>();
     const int32_t* idx = m.indices.data_ptr<int32_t>();
     const float* conf = side.confidence.data_ptr<float>();
     const T* yp = source.data_ptr<T>();
-    T* xp = x.data_ptr<T>();
-    const FusedPass<T> fused = fused_pass_for<T>(f);
+    T* xp = z.data_ptr<T>();
+    const ConfidencePass<T> kernel = confidence_pass_for<T>(f, cpu_isa());
+    const int64_t chunk = chunk_rows(f);
 
     parallel_tasks<CgWorkspace>(static_cast<int64_t>(batches.size()), [&](int64_t task, CgWorkspace& w) {
       const int64_t first = batches[static_cast<size_t>(task)].first;
@@ -386,7 +307,7 @@ class CpuAlsSolver {
       for (int64_t j = 0; j < k; ++j)
         w.offset[static_cast<size_t>(j + 1)] = w.offset[static_cast<size_t>(j)] + ptr[row_of(j) + 1] - ptr[row_of(j)];
       w.block.resize(static_cast<size_t>(w.offset.back() * f));
-      w.t.resize(kChunkRows);
+      w.t.resize(chunk);
 
       // acc += Σ_i s_i y_i over row j's nonzeros, s_i = c_i − (c_i − 1) y_iᵀv
       // (the residual pass, which also copies the rows into the block) or
@@ -396,11 +317,11 @@ class CpuAlsSolver {
         const int64_t row = row_of(j), n = ptr[row + 1] - ptr[row];
         const float* c = conf + ptr[row];
         T* base = w.block.data() + w.offset[static_cast<size_t>(j)] * f;
-        for (int64_t s = 0; s < n; s += kChunkRows) {
-          const int64_t len = std::min(kChunkRows, n - s);
+        for (int64_t s = 0; s < n; s += chunk) {
+          const int64_t len = std::min(chunk, n - s);
           if (residual) gather_rows(yp, f, idx + ptr[row] + s, len, idx + ptr[row + 1], base + s * f);
-          if (fused) {
-            fused(base + s * f, len, c + s, residual, v, acc);
+          if (kernel) {
+            kernel(base + s * f, len, f, c + s, residual, v, acc);
             continue;
           }
           const ConstRowMatrixMap rows(base + s * f, len, f);
@@ -413,20 +334,11 @@ class CpuAlsSolver {
           VectorMap(acc, f).noalias() += rows.transpose() * t;
         }
       };
-      // out = (YᵀY + λI) in, in whichever basis we solve.
-      const auto apply_gram = [&](const Matrix& in, Matrix& out) {
-        if (rotate)
-          out.noalias() = lambda.asDiagonal() * in;
-        else
-          out.noalias() = g * in;
-      };
+      // out = (YᵀY + λI) in, in its eigenbasis.
+      const auto apply_gram = [&](const Matrix& in, Matrix& out) { out.noalias() = lambda.asDiagonal() * in; };
 
       w.x.resize(f, k);
       for (int64_t j = 0; j < k; ++j) w.x.col(j) = ConstVectorMap(xp + row_of(j) * f, f);
-      if (rotate) {
-        w.ap.noalias() = q.transpose() * w.x;
-        w.x.swap(w.ap);
-      }
       // r = b − A x, as −(YᵀY + λI) x + Σ (c − (c − 1) yᵀx) y.
       apply_gram(w.x, w.r);
       w.r = -w.r;
@@ -464,15 +376,13 @@ class CpuAlsSolver {
         }
         if (!any) break;
       }
-      if (rotate) {
-        w.ap.noalias() = q * w.x;
-        w.x.swap(w.ap);
-      }
       for (int64_t j = 0; j < k; ++j) VectorMap(xp + row_of(j) * f, f) = w.x.col(j);
     });
+    torch::mm_out(x, z, q.t());  // back: x = Q z (empty rows: 0 in, 0 out)
   }
 
   // ---- exact per-row solve --------------------------------------------------
+  static constexpr int64_t kCholeskyChunkRows = 64;
   struct CholeskyWorkspace {
     Matrix a;
     Vector b, c;
@@ -494,8 +404,8 @@ class CpuAlsSolver {
       const int64_t row = order[static_cast<size_t>(task)];
       w.a = g;
       w.b.setZero(f);
-      for (int64_t s = ptr[row]; s < ptr[row + 1]; s += kChunkRows) {
-        const int64_t len = std::min(kChunkRows, ptr[row + 1] - s);
+      for (int64_t s = ptr[row]; s < ptr[row + 1]; s += kCholeskyChunkRows) {
+        const int64_t len = std::min(kCholeskyChunkRows, ptr[row + 1] - s);
         w.block.resize(static_cast<size_t>(len * f));
         for (int64_t q = 0; q < len; ++q) std::copy_n(yp + int64_t{idx[s + q]} * f, f, w.block.data() + q * f);
         const ConstRowMatrixMap block(w.block.data(), len, f);
@@ -515,7 +425,7 @@ class CpuAlsSolver {
 
   const AlsProblem& p_;
   std::vector<int64_t> user_order_, item_order_;
-  torch::Tensor user_scratch_, item_scratch_;
+  Scratch user_scratch_, item_scratch_;
 };
 
 } // namespace detail

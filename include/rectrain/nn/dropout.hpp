@@ -10,6 +10,7 @@
 //
 //   x = rectrain::dropout(x, 0.1, is_training());
 
+#include <rectrain/core/cpu_isa.hpp>
 #include <rectrain/core/error.hpp>
 
 #include <ATen/Parallel.h>
@@ -24,7 +25,7 @@ namespace detail {
 
 /// Chris Wellons' lowbias32: a 32-bit bijective mix (multiplies that
 /// vectorise, unlike 64-bit ones on x86-64's baseline).
-inline uint32_t lowbias32(uint32_t x) {
+RECTRAIN_ALWAYS_INLINE uint32_t lowbias32(uint32_t x) {
   x ^= x >> 16;
   x *= 0x7feb352dU;
   x ^= x >> 15;
@@ -49,7 +50,7 @@ inline uint32_t keep_threshold(double keep) { return static_cast<uint32_t>(keep 
 /// decisions as dropout_hash, in a loop of 32-bit lanes the compiler
 /// vectorises (the index's high half is hoisted out of it).
 template <typename Emit>
-inline void for_each_kept(uint64_t seed, int64_t begin, int64_t count, uint32_t threshold, Emit&& emit) {
+RECTRAIN_ALWAYS_INLINE void for_each_kept(uint64_t seed, int64_t begin, int64_t count, uint32_t threshold, Emit&& emit) {
   if (count <= 0) return;
   if ((begin >> 32) != ((begin + count - 1) >> 32)) {  // crosses a multiple of 2^32: rare, element by element
     for (int64_t j = 0; j < count; ++j) emit(j, dropout_hash(seed, begin + j) < threshold);
@@ -69,6 +70,47 @@ inline uint64_t draw_dropout_seed() {
           .item<int64_t>());
 }
 
+/// out[j] = scale where element begin + j is kept, else 0, j in [0, count).
+template <typename T>
+RECTRAIN_ALWAYS_INLINE void keep_mask_body(T* out, uint64_t seed, int64_t begin, int64_t count, uint32_t threshold,
+                                           T scale) {
+  const T zero = static_cast<T>(0);
+  // By value: through references, every store might alias them (no
+  // vectorising).
+  for_each_kept(seed, begin, count, threshold, [out, scale, zero](int64_t j, bool kept) { out[j] = kept ? scale : zero; });
+}
+
+// One entry point per ISA (cpu_isa.hpp): the hash's 32-bit multiplies are
+// one instruction per lane group from SSE4.1 on, emulated on baseline x86-64.
+template <typename T>
+using KeepMaskKernel = void (*)(T*, uint64_t, int64_t, int64_t, uint32_t, T);
+template <typename T>
+void keep_mask_generic(T* out, uint64_t seed, int64_t begin, int64_t count, uint32_t threshold, T scale) {
+  keep_mask_body(out, seed, begin, count, threshold, scale);
+}
+#if RECTRAIN_X86_DISPATCH
+template <typename T>
+RECTRAIN_TARGET_AVX2 void keep_mask_avx2(T* out, uint64_t seed, int64_t begin, int64_t count, uint32_t threshold,
+                                         T scale) {
+  keep_mask_body(out, seed, begin, count, threshold, scale);
+}
+template <typename T>
+RECTRAIN_TARGET_AVX512 void keep_mask_avx512(T* out, uint64_t seed, int64_t begin, int64_t count, uint32_t threshold,
+                                             T scale) {
+  keep_mask_body(out, seed, begin, count, threshold, scale);
+}
+#endif
+template <typename T>
+KeepMaskKernel<T> keep_mask_for(CpuIsa isa) {
+#if RECTRAIN_X86_DISPATCH
+  if (isa == CpuIsa::Avx512) return &keep_mask_avx512<T>;
+  if (isa == CpuIsa::Avx2) return &keep_mask_avx2<T>;
+#else
+  (void)isa;
+#endif
+  return &keep_mask_generic<T>;
+}
+
 /// [sizes] of T: 1 / keep where element i is kept, else 0.
 template <typename T>
 torch::Tensor hashed_keep_mask(torch::IntArrayRef sizes, double keep, uint64_t seed) {
@@ -76,13 +118,9 @@ torch::Tensor hashed_keep_mask(torch::IntArrayRef sizes, double keep, uint64_t s
   T* m = mask.data_ptr<T>();
   const uint32_t threshold = keep_threshold(keep);
   const T scale = static_cast<T>(1.0 / keep);
-  const T zero = static_cast<T>(0);
+  const KeepMaskKernel<T> kernel = keep_mask_for<T>(cpu_isa());
   at::parallel_for(0, mask.numel(), 16384, [&](int64_t begin, int64_t end) {
-    T* out = m + begin;
-    // By value: through references, every store might alias them (no
-    // vectorising).
-    for_each_kept(seed, begin, end - begin, threshold,
-                  [out, scale, zero](int64_t j, bool kept) { out[j] = kept ? scale : zero; });
+    kernel(m + begin, seed, begin, end - begin, threshold, scale);
   });
   return mask;
 }

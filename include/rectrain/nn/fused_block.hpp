@@ -8,6 +8,7 @@
 // not stored: the backward recomputes it from the seed (see dropout.hpp).
 // Mlp uses it for float32 CPU tensors; anything else takes the plain ops.
 
+#include <rectrain/core/cpu_isa.hpp>
 #include <rectrain/core/error.hpp>
 #include <rectrain/nn/dropout.hpp>
 
@@ -31,7 +32,7 @@ constexpr int64_t fused_block_rows = 32;
 /// 512 it took as long as the rest of the block. The order is fixed, so the
 /// result does not depend on the machine's vector width.
 template <typename Term>
-inline float row_sum(int64_t d, Term&& term) {
+RECTRAIN_ALWAYS_INLINE float row_sum(int64_t d, Term&& term) {
   constexpr int64_t lanes = 16;
   float acc[lanes] = {};
   int64_t j = 0;
@@ -42,6 +43,146 @@ inline float row_sum(int64_t d, Term&& term) {
   for (int64_t width = lanes / 2; width > 0; width /= 2)
     for (int64_t l = 0; l < width; ++l) acc[l] += acc[l + width];
   return acc[0] + tail;
+}
+
+/// The forward's pointers and constants: x, bias, gamma, beta in; out
+/// [N, D] and each row's mean and 1/std out.
+struct FusedBlockForward {
+  const float *x, *bias, *gamma, *beta;
+  float *out, *mean, *rstd;
+  int64_t d;
+  float eps;
+  bool drop;
+  uint32_t threshold;
+  uint64_t seed;
+  float scale;
+};
+
+/// Rows [begin, end) of the forward. Plain loops the compiler vectorises,
+/// inlined into one entry point per ISA (cpu_isa.hpp), so each is
+/// vectorised for its own.
+RECTRAIN_ALWAYS_INLINE void fused_block_forward_body(const FusedBlockForward& a, int64_t begin, int64_t end) {
+  const int64_t d = a.d;
+  const float *pbias = a.bias, *pg = a.gamma, *pb = a.beta;
+  const float scale = a.scale;
+  for (int64_t r = begin; r < end; ++r) {
+    const float* xr = a.x + r * d;
+    float* o = a.out + r * d;
+    const float mu =
+        row_sum(d, [xr, pbias](int64_t j) { return std::max(xr[j] + pbias[j], 0.0f); }) / static_cast<float>(d);
+    const float sq = row_sum(d, [xr, pbias, mu](int64_t j) {
+      const float c = std::max(xr[j] + pbias[j], 0.0f) - mu;
+      return c * c;
+    });
+    const float rs = 1.0f / std::sqrt(sq / static_cast<float>(d) + a.eps);
+    for (int64_t j = 0; j < d; ++j) o[j] = (std::max(xr[j] + pbias[j], 0.0f) - mu) * rs * pg[j] + pb[j];
+    if (a.drop)
+      for_each_kept(a.seed, r * d, d, a.threshold, [o, scale](int64_t j, bool kept) { o[j] = kept ? o[j] * scale : 0.0f; });
+    a.mean[r] = mu;
+    a.rstd[r] = rs;
+  }
+}
+
+/// The backward's pointers: the forward's inputs and statistics, the
+/// output gradient, dx [N, D] and the per-chunk partial sums of the bias,
+/// gamma and beta gradients ([chunks, D] each).
+struct FusedBlockBackward {
+  const float *x, *bias, *gamma, *grad, *mean, *rstd;
+  float *dx, *dbias, *dgamma, *dbeta;
+  int64_t n, d;
+  bool drop;
+  uint32_t threshold;
+  uint64_t seed;
+  float scale;
+};
+
+/// Chunks [chunk_begin, chunk_end) of fused_block_rows rows of the backward.
+RECTRAIN_ALWAYS_INLINE void fused_block_backward_body(const FusedBlockBackward& a, int64_t chunk_begin,
+                                                      int64_t chunk_end) {
+  const int64_t n = a.n, d = a.d;
+  const float *pbias = a.bias, *pg = a.gamma;
+  const float scale = a.scale;
+  std::vector<float> gy(static_cast<size_t>(d)), yhat(static_cast<size_t>(d));
+  for (int64_t chunk = chunk_begin; chunk < chunk_end; ++chunk) {
+    // __restrict: none of these overlap; without it the compiler will
+    // not vectorise loops that store through several of them.
+    float* __restrict dbias = a.dbias + chunk * d;
+    float* __restrict dg = a.dgamma + chunk * d;
+    float* __restrict db = a.dbeta + chunk * d;
+    float* __restrict gyr = gy.data();
+    float* __restrict yh = yhat.data();
+    const int64_t stop = std::min(n, (chunk + 1) * fused_block_rows);
+    for (int64_t r = chunk * fused_block_rows; r < stop; ++r) {
+      const float* xr = a.x + r * d;
+      const float* gr = a.grad + r * d;
+      const float mu = a.mean[r], rs = a.rstd[r];
+      // Through dropout, then LayerNorm's affine part.
+      if (a.drop)
+        for_each_kept(a.seed, r * d, d, a.threshold,
+                      [out = gyr, gr, scale](int64_t j, bool kept) { out[j] = kept ? gr[j] * scale : 0.0f; });
+      else
+        for (int64_t j = 0; j < d; ++j) gyr[j] = gr[j];
+      // Three loops, not one: storing through three pointers at once,
+      // the loop stayed scalar.
+      for (int64_t j = 0; j < d; ++j) yh[j] = (std::max(xr[j] + pbias[j], 0.0f) - mu) * rs;
+      for (int64_t j = 0; j < d; ++j) dg[j] += gyr[j] * yh[j];
+      for (int64_t j = 0; j < d; ++j) db[j] += gyr[j];
+      const float mean_dy = row_sum(d, [gyr, pg](int64_t j) { return gyr[j] * pg[j]; }) / static_cast<float>(d);
+      const float mean_dy_y =
+          row_sum(d, [gyr, pg, yh](int64_t j) { return gyr[j] * pg[j] * yh[j]; }) / static_cast<float>(d);
+      // Normalisation, then ReLU (gradient 0 where x <= 0, as LibTorch's).
+      float* __restrict o = a.dx + r * d;
+      for (int64_t j = 0; j < d; ++j)
+        o[j] = xr[j] + pbias[j] > 0 ? rs * (gyr[j] * pg[j] - mean_dy - yh[j] * mean_dy_y) : 0.0f;
+      // (A loop of its own: folded into the one above, it ran at half speed.)
+      for (int64_t j = 0; j < d; ++j) dbias[j] += o[j];
+    }
+  }
+}
+
+using FusedBlockForwardKernel = void (*)(const FusedBlockForward&, int64_t, int64_t);
+using FusedBlockBackwardKernel = void (*)(const FusedBlockBackward&, int64_t, int64_t);
+
+inline void fused_block_forward_generic(const FusedBlockForward& a, int64_t begin, int64_t end) {
+  fused_block_forward_body(a, begin, end);
+}
+inline void fused_block_backward_generic(const FusedBlockBackward& a, int64_t begin, int64_t end) {
+  fused_block_backward_body(a, begin, end);
+}
+#if RECTRAIN_X86_DISPATCH
+RECTRAIN_TARGET_AVX2 inline void fused_block_forward_avx2(const FusedBlockForward& a, int64_t begin, int64_t end) {
+  fused_block_forward_body(a, begin, end);
+}
+RECTRAIN_TARGET_AVX2 inline void fused_block_backward_avx2(const FusedBlockBackward& a, int64_t begin, int64_t end) {
+  fused_block_backward_body(a, begin, end);
+}
+RECTRAIN_TARGET_AVX512 inline void fused_block_forward_avx512(const FusedBlockForward& a, int64_t begin,
+                                                              int64_t end) {
+  fused_block_forward_body(a, begin, end);
+}
+RECTRAIN_TARGET_AVX512 inline void fused_block_backward_avx512(const FusedBlockBackward& a, int64_t begin,
+                                                               int64_t end) {
+  fused_block_backward_body(a, begin, end);
+}
+#endif
+
+inline FusedBlockForwardKernel fused_block_forward_for(CpuIsa isa) {
+#if RECTRAIN_X86_DISPATCH
+  if (isa == CpuIsa::Avx512) return &fused_block_forward_avx512;
+  if (isa == CpuIsa::Avx2) return &fused_block_forward_avx2;
+#else
+  (void)isa;
+#endif
+  return &fused_block_forward_generic;
+}
+inline FusedBlockBackwardKernel fused_block_backward_for(CpuIsa isa) {
+#if RECTRAIN_X86_DISPATCH
+  if (isa == CpuIsa::Avx512) return &fused_block_backward_avx512;
+  if (isa == CpuIsa::Avx2) return &fused_block_backward_avx2;
+#else
+  (void)isa;
+#endif
+  return &fused_block_backward_generic;
 }
 
 class ReluLayerNormDropout : public torch::autograd::Function<ReluLayerNormDropout> {
@@ -64,25 +205,10 @@ class ReluLayerNormDropout : public torch::autograd::Function<ReluLayerNormDropo
     const uint32_t threshold = drop ? keep_threshold(keep) : 0;
     const auto useed = static_cast<uint64_t>(seed);
     const float scale = static_cast<float>(1.0 / keep);
-    at::parallel_for(0, n, fused_block_rows, [&](int64_t begin, int64_t end) {
-      for (int64_t r = begin; r < end; ++r) {
-        const float* xr = px + r * d;
-        float* o = po + r * d;
-        const float mu = row_sum(d, [xr, pbias](int64_t j) { return std::max(xr[j] + pbias[j], 0.0f); }) /
-                         static_cast<float>(d);
-        const float sq = row_sum(d, [xr, pbias, mu](int64_t j) {
-          const float c = std::max(xr[j] + pbias[j], 0.0f) - mu;
-          return c * c;
-        });
-        const float rs = 1.0f / std::sqrt(sq / static_cast<float>(d) + static_cast<float>(eps));
-        for (int64_t j = 0; j < d; ++j) o[j] = (std::max(xr[j] + pbias[j], 0.0f) - mu) * rs * pg[j] + pb[j];
-        if (drop)
-          for_each_kept(useed, r * d, d, threshold,
-                        [o, scale](int64_t j, bool kept) { o[j] = kept ? o[j] * scale : 0.0f; });
-        pm[r] = mu;
-        pr[r] = rs;
-      }
-    });
+    const FusedBlockForward args{px, pbias, pg, pb, po, pm, pr, d, static_cast<float>(eps), drop, threshold, useed,
+                                 scale};
+    const auto kernel = fused_block_forward_for(cpu_isa());
+    at::parallel_for(0, n, fused_block_rows, [&](int64_t begin, int64_t end) { kernel(args, begin, end); });
     ctx->save_for_backward({x, bias, gamma, mean, rstd});
     ctx->saved_data["keep"] = keep;
     ctx->saved_data["seed"] = seed;
@@ -110,44 +236,10 @@ class ReluLayerNormDropout : public torch::autograd::Function<ReluLayerNormDropo
     const bool drop = keep < 1;
     const uint32_t threshold = drop ? keep_threshold(keep) : 0;
     const float scale = static_cast<float>(1.0 / keep);
-    at::parallel_for(0, chunks, 1, [&](int64_t chunk_begin, int64_t chunk_end) {
-      std::vector<float> gy(static_cast<size_t>(d)), yhat(static_cast<size_t>(d));
-      for (int64_t chunk = chunk_begin; chunk < chunk_end; ++chunk) {
-        // __restrict: none of these overlap; without it the compiler will
-        // not vectorise loops that store through several of them.
-        float* __restrict dbias = pdbias + chunk * d;
-        float* __restrict dg = pdg + chunk * d;
-        float* __restrict db = pdb + chunk * d;
-        float* __restrict gyr = gy.data();
-        float* __restrict yh = yhat.data();
-        const int64_t stop = std::min(n, (chunk + 1) * fused_block_rows);
-        for (int64_t r = chunk * fused_block_rows; r < stop; ++r) {
-          const float* xr = px + r * d;
-          const float* gr = pgrad + r * d;
-          const float mu = pm[r], rs = pr[r];
-          // Through dropout, then LayerNorm's affine part.
-          if (drop)
-            for_each_kept(useed, r * d, d, threshold,
-                          [out = gyr, gr, scale](int64_t j, bool kept) { out[j] = kept ? gr[j] * scale : 0.0f; });
-          else
-            for (int64_t j = 0; j < d; ++j) gyr[j] = gr[j];
-          // Three loops, not one: storing through three pointers at once,
-          // the loop stayed scalar.
-          for (int64_t j = 0; j < d; ++j) yh[j] = (std::max(xr[j] + pbias[j], 0.0f) - mu) * rs;
-          for (int64_t j = 0; j < d; ++j) dg[j] += gyr[j] * yh[j];
-          for (int64_t j = 0; j < d; ++j) db[j] += gyr[j];
-          const float mean_dy = row_sum(d, [gyr, pg](int64_t j) { return gyr[j] * pg[j]; }) / static_cast<float>(d);
-          const float mean_dy_y =
-              row_sum(d, [gyr, pg, yh](int64_t j) { return gyr[j] * pg[j] * yh[j]; }) / static_cast<float>(d);
-          // Normalisation, then ReLU (gradient 0 where x <= 0, as LibTorch's).
-          float* __restrict o = pdx + r * d;
-          for (int64_t j = 0; j < d; ++j)
-            o[j] = xr[j] + pbias[j] > 0 ? rs * (gyr[j] * pg[j] - mean_dy - yh[j] * mean_dy_y) : 0.0f;
-          // (A loop of its own: folded into the one above, it ran at half speed.)
-          for (int64_t j = 0; j < d; ++j) dbias[j] += o[j];
-        }
-      }
-    });
+    const FusedBlockBackward args{px, pbias, pg, pgrad, pm, pr, pdx, pdbias, pdg, pdb, n, d, drop, threshold, useed,
+                                  scale};
+    const auto kernel = fused_block_backward_for(cpu_isa());
+    at::parallel_for(0, chunks, 1, [&](int64_t begin, int64_t end) { kernel(args, begin, end); });
     const auto sums = parts.sum(1);
     return {dx, sums[0], sums[1], sums[2], torch::Tensor(), torch::Tensor(), torch::Tensor()};
   }

@@ -22,14 +22,16 @@
 // AdamParamState, so checkpoints hold it as they hold an Adam (amsgrad is
 // not supported).
 
+#include <rectrain/core/cpu_isa.hpp>
 #include <rectrain/core/error.hpp>
+#include <rectrain/core/simd.hpp>
 
 #include <ATen/Parallel.h>
-#include <Eigen/Core>
 #include <torch/torch.h>
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <memory>
 #include <sstream>
 #include <string>
@@ -46,11 +48,100 @@ enum class SparseAdamRows {
 
 namespace detail {
 
+/// The constants of one Adam step.
+struct AdamStepConstants {
+  float beta1, beta2, one_minus_beta1, one_minus_beta2, eps, weight_decay;
+  float step_size;  // −lr / bias_correction1
+  float sqrt_bc2;   // √bias_correction2
+};
+
+/// Adam's step on one row of `width` values, `g` its gradient or nullptr
+/// for a zero one, in Adam's order of operations.
+template <int Bytes>
+RECTRAIN_ALWAYS_INLINE void adam_row(float* p, float* m, float* v, const float* g, int64_t width,
+                                     const AdamStepConstants& k) {
+  int64_t j = 0;
+#if RECTRAIN_VECTOR_KERNELS
+  using V = Vec<float, Bytes>;
+  constexpr int64_t L = lanes<float, Bytes>;
+  for (; j + L <= width; j += L) {
+    V pj, mj, vj, gj;
+    load(pj, p + j);
+    load(mj, m + j);
+    load(vj, v + j);
+    if (g)
+      load(gj, g + j);
+    else
+      gj = V{};
+    gj += k.weight_decay * pj;
+    mj = mj * k.beta1 + k.one_minus_beta1 * gj;
+    vj = vj * k.beta2 + k.one_minus_beta2 * (gj * gj);
+    V denom = vj;
+    sqrt_lanes<Bytes>(denom);
+    denom = denom / k.sqrt_bc2 + k.eps;
+    pj = pj + k.step_size * mj / denom;
+    store(p + j, pj);
+    store(m + j, mj);
+    store(v + j, vj);
+  }
+#endif
+  for (; j < width; ++j) {
+    const float gj = (g ? g[j] : 0.0f) + k.weight_decay * p[j];
+    m[j] = m[j] * k.beta1 + k.one_minus_beta1 * gj;
+    v[j] = v[j] * k.beta2 + k.one_minus_beta2 * (gj * gj);
+    p[j] = p[j] + k.step_size * m[j] / (std::sqrt(v[j]) / k.sqrt_bc2 + k.eps);
+  }
+}
+
+/// Rows [begin, end) of the table; `touched` (ascending, nnz of them) are
+/// the rows with a gradient, `g` their values.
+template <int Bytes>
+RECTRAIN_ALWAYS_INLINE void adam_rows_body(float* p, float* m, float* v, int64_t width, int64_t begin, int64_t end,
+                                           const int64_t* touched, int64_t nnz, const float* g,
+                                           const AdamStepConstants& k) {
+  int64_t t = std::lower_bound(touched, touched + nnz, begin) - touched;
+  for (int64_t r = begin; r < end; ++r) {
+    const float* gr = nullptr;
+    if (t < nnz && touched[t] == r) gr = g + (t++) * width;
+    adam_row<Bytes>(p + r * width, m + r * width, v + r * width, gr, width, k);
+  }
+}
+
+using AdamRowsKernel = void (*)(float*, float*, float*, int64_t, int64_t, int64_t, const int64_t*, int64_t,
+                                const float*, const AdamStepConstants&);
+
+inline void adam_rows_generic(float* p, float* m, float* v, int64_t width, int64_t begin, int64_t end,
+                              const int64_t* touched, int64_t nnz, const float* g, const AdamStepConstants& k) {
+  adam_rows_body<16>(p, m, v, width, begin, end, touched, nnz, g, k);
+}
+#if RECTRAIN_X86_DISPATCH
+RECTRAIN_TARGET_AVX2 inline void adam_rows_avx2(float* p, float* m, float* v, int64_t width, int64_t begin,
+                                                int64_t end, const int64_t* touched, int64_t nnz, const float* g,
+                                                const AdamStepConstants& k) {
+  adam_rows_body<32>(p, m, v, width, begin, end, touched, nnz, g, k);
+}
+RECTRAIN_TARGET_AVX512 inline void adam_rows_avx512(float* p, float* m, float* v, int64_t width, int64_t begin,
+                                                    int64_t end, const int64_t* touched, int64_t nnz,
+                                                    const float* g, const AdamStepConstants& k) {
+  adam_rows_body<64>(p, m, v, width, begin, end, touched, nnz, g, k);
+}
+#endif
+
+inline AdamRowsKernel adam_rows_for(CpuIsa isa) {
+#if RECTRAIN_X86_DISPATCH
+  if (isa == CpuIsa::Avx512) return &adam_rows_avx512;
+  if (isa == CpuIsa::Avx2) return &adam_rows_avx2;
+#else
+  (void)isa;
+#endif
+  return &adam_rows_generic;
+}
+
 /// Adam's step on every row of a float32 CPU table `p` [rows, width] with
 /// moments `m`, `v`, from the coalesced sparse gradient (`grad_rows`
 /// ascending, `grad_values` [nnz, width]); zero gradient for the other
-/// rows. Each row is read and written once (its three loops run while it is
-/// in cache), in Adam's order of operations.
+/// rows. Each row is read and written once, in Adam's order of operations,
+/// on the CPU's ISA (cpu_isa.hpp).
 inline void adam_all_rows(torch::Tensor& p, torch::Tensor& m, torch::Tensor& v, const torch::Tensor& grad_rows,
                           const torch::Tensor& grad_values, float lr, float beta1, float beta2, float eps,
                           float weight_decay, double bias_correction1, double bias_correction2) {
@@ -60,28 +151,17 @@ inline void adam_all_rows(torch::Tensor& p, torch::Tensor& m, torch::Tensor& v, 
   const int64_t* touched = idx.data_ptr<int64_t>();
   const float* g = values.data_ptr<float>();
   float *pp = p.data_ptr<float>(), *pm = m.data_ptr<float>(), *pv = v.data_ptr<float>();
-  const float step_size = static_cast<float>(-lr / bias_correction1);
-  const float sqrt_bc2 = static_cast<float>(std::sqrt(bias_correction2));
-  const float one_minus_beta1 = 1 - beta1, one_minus_beta2 = 1 - beta2;
-  // Rows as Eigen arrays: Eigen vectorises the square root with SIMD
-  // instructions, where a plain loop over std::sqrt stays scalar unless the
-  // program is compiled with -fno-math-errno.
-  using Row = Eigen::Map<Eigen::ArrayXf>;
-  using ConstRow = Eigen::Map<const Eigen::ArrayXf>;
+  const AdamStepConstants k{beta1,
+                            beta2,
+                            1 - beta1,
+                            1 - beta2,
+                            eps,
+                            weight_decay,
+                            static_cast<float>(-lr / bias_correction1),
+                            static_cast<float>(std::sqrt(bias_correction2))};
+  const AdamRowsKernel kernel = adam_rows_for(cpu_isa());
   at::parallel_for(0, rows, 64, [&](int64_t begin, int64_t end) {
-    int64_t k = std::lower_bound(touched, touched + nnz, begin) - touched;
-    for (int64_t r = begin; r < end; ++r) {
-      Row p_row(pp + r * width, width), m_row(pm + r * width, width), v_row(pv + r * width, width);
-      if (k < nnz && touched[k] == r) {
-        const ConstRow g_row(g + (k++) * width, width);
-        m_row = m_row * beta1 + one_minus_beta1 * (g_row + weight_decay * p_row);
-        v_row = v_row * beta2 + one_minus_beta2 * (g_row + weight_decay * p_row).square();
-      } else {  // a zero gradient: only weight decay
-        m_row = m_row * beta1 + (one_minus_beta1 * weight_decay) * p_row;
-        v_row = v_row * beta2 + one_minus_beta2 * (weight_decay * p_row).square();
-      }
-      p_row = p_row + step_size * m_row / (v_row.sqrt() / sqrt_bc2 + eps);
-    }
+    kernel(pp, pm, pv, width, begin, end, touched, nnz, g, k);
   });
 }
 
