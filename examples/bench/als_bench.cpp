@@ -1,6 +1,7 @@
 // Implicit ALS speed and loss on a user_id,item_id CSV (one row per pair):
 //   als_bench --input CSV --factors F --iterations N --threads T
 //             [--confidence C] [--solver cg|cholesky|reference] [--backend eigen|tensor]
+//             [--device cpu|cuda]
 // Every pair gets confidence C (default 1: the binary case), λ = 0.01.
 // --solver reference runs a plain port of implicit's CPU conjugate-gradient
 // loop instead (per-nonzero dot and axpy, YᵀY + λI applied per row, CG even
@@ -110,7 +111,7 @@ rectrain::AlsFactors reference_fit(const rectrain::CsrMatrix& m, float confidenc
 } // namespace
 
 int als_bench_main(int argc, char** argv) {
-  std::string input, solver = "cg", backend = "eigen";
+  std::string input, solver = "cg", backend = "eigen", device = "cpu";
   int64_t factors = 64, iterations = 6, threads = static_cast<int64_t>(std::thread::hardware_concurrency());
   double confidence = 1.0;
   for (int i = 1; i + 1 < argc; i += 2) {
@@ -122,13 +123,16 @@ int als_bench_main(int argc, char** argv) {
     else if (flag == "--confidence") confidence = std::stod(value);
     else if (flag == "--solver") solver = value;
     else if (flag == "--backend") backend = value;
+    else if (flag == "--device") device = value;
     else input.clear(), argc = 0;
   }
   if (input.empty() || (solver != "cg" && solver != "cholesky" && solver != "reference") || (backend != "eigen" && backend != "tensor") ||
+      (device != "cpu" && device != "cuda") || (device == "cuda" && (backend != "tensor" || solver == "reference")) ||
       confidence <= 0 || iterations < 2) {
     std::fprintf(stderr,
                  "usage: als_bench --input CSV --factors F --iterations N (>= 2) --threads T [--confidence C]\n"
-                 "                 [--solver cg|cholesky|reference] [--backend eigen|tensor]\n");
+                 "                 [--solver cg|cholesky|reference] [--backend eigen|tensor] [--device cpu|cuda]\n"
+                 "(cuda: --backend tensor)\n");
     return 2;
   }
   torch::set_num_threads(static_cast<int>(threads));
@@ -147,11 +151,14 @@ int als_bench_main(int argc, char** argv) {
                              .solver(solver == "cg" ? rectrain::AlsSolver::ConjugateGradient
                                                     : rectrain::AlsSolver::Cholesky)
                              .backend(backend == "eigen" ? rectrain::AlsBackend::Eigen : rectrain::AlsBackend::TensorOps)
+                             .device(torch::Device(device))
                              .threads(threads)
                              .on_iteration([](const rectrain::AlsIterationStats& s) {
                                std::printf("iteration %lld: %.3f s\n", static_cast<long long>(s.iteration), s.seconds);
                                std::fflush(stdout);
                              });
+    if (device == "cuda" && !torch::cuda::is_available()) throw std::runtime_error("--device cuda: no CUDA device");
+    std::printf("device %s\n", device.c_str());
     std::printf("factors %lld, confidence %g (%s), solver %s, backend %s, %lld threads\n",
                 static_cast<long long>(factors), confidence, solver == "reference" ? "reference CG" : confidence == 1 ? "binary: shared exact solve" : "weighted",
                 solver.c_str(), backend.c_str(), static_cast<long long>(threads));

@@ -228,27 +228,39 @@ void run_model(int64_t groups, int runs, torch::Device device, double scale, con
     if (!sparse_params.empty())
       tables = std::make_unique<rectrain::SparseAdam>(sparse_params, torch::optim::AdamOptions(1e-3), mode.rows);
     auto step = [&](const Batch& b) {
-      adam.zero_grad();
-      if (tables) tables->zero_grad();
+      rectrain::compat::zero_grad(adam);
+      if (tables) rectrain::compat::zero_grad(*tables);
       ranker->loss(ranker->forward(b), b).backward();
       adam.step();
       if (tables) tables->step();
     };
     for (int w = 0; w < 2; ++w) step(batches[static_cast<size_t>(w)]);
-    int k = 0;
-    const double s = bench::median_seconds(runs, [&] {
-      step(batches[static_cast<size_t>(k++ % 4)]);
+    // Steps and the yardstick (the same products as plain torch::mm) in
+    // alternation, each ratio from a step and the products timed right
+    // after it: on a shared machine the speed drifts by a quarter within a
+    // minute, and two medians taken a minute apart compare two machines.
+    const auto products = rectrain::training_matmuls(ranker, rows);
+    const double flops = rectrain::matmul_flops(products);
+    std::vector<double> seconds, mm_rates, ratios;
+    for (int r = 0; r < std::max(1, runs); ++r) {
+      const double t0 = bench::now_seconds();
+      step(batches[static_cast<size_t>(r % 4)]);
       sync(device);
-    });
+      seconds.push_back(bench::now_seconds() - t0);
+      mm_rates.push_back(rectrain::matmul_gflops(products, device, 1));
+      ratios.push_back(flops / seconds.back() / 1e9 / mm_rates.back());
+    }
+    const auto median = [](std::vector<double> v) {
+      std::sort(v.begin(), v.end());
+      return v[v.size() / 2];
+    };
+    const double s = median(seconds), mm = median(mm_rates);
     if (!trace.empty()) {  // one more step under LibTorch's profiler, as a chrome://tracing file
       torch::autograd::profiler::RecordProfile profile(trace + "." + mode.tag + ".json");
       step(batches[0]);
     }
-    const auto products = rectrain::training_matmuls(ranker, rows);
-    const double flops = rectrain::matmul_flops(products);
-    const double mm = rectrain::matmul_gflops(products, device, runs);
     std::printf("%-22s %12.2f %14.2f %12.1f %14.1f %9.0f%%\n", mode.name, 1e3 * s, 1e6 * s / rows, flops / s / 1e9, mm,
-                100.0 * flops / s / 1e9 / mm);
+                100.0 * median(ratios));
   }
 }
 

@@ -31,8 +31,13 @@
 // superset of its ISA flags, but not across different -march values.
 #define RECTRAIN_TARGET_AVX2 __attribute__((target("avx2,fma")))
 #define RECTRAIN_TARGET_AVX512 __attribute__((target("avx512f,avx512vl,avx512bw,avx512dq,avx2,fma")))
+/// The entry point of a kernel for `isa`, from its three: a macro, so
+/// that elsewhere the AVX ones need not exist.
+#define RECTRAIN_KERNEL_FOR(isa, generic, avx2, avx512) \
+  ((isa) == ::rectrain::CpuIsa::Avx512 ? (avx512) : (isa) == ::rectrain::CpuIsa::Avx2 ? (avx2) : (generic))
 #else
 #define RECTRAIN_X86_DISPATCH 0
+#define RECTRAIN_KERNEL_FOR(isa, generic, avx2, avx512) ((void)(isa), (generic))
 #endif
 
 #if defined(__GNUC__) || defined(__clang__)

@@ -102,13 +102,7 @@ RECTRAIN_TARGET_AVX512 void keep_mask_avx512(T* out, uint64_t seed, int64_t begi
 #endif
 template <typename T>
 KeepMaskKernel<T> keep_mask_for(CpuIsa isa) {
-#if RECTRAIN_X86_DISPATCH
-  if (isa == CpuIsa::Avx512) return &keep_mask_avx512<T>;
-  if (isa == CpuIsa::Avx2) return &keep_mask_avx2<T>;
-#else
-  (void)isa;
-#endif
-  return &keep_mask_generic<T>;
+  return RECTRAIN_KERNEL_FOR(isa, &keep_mask_generic<T>, &keep_mask_avx2<T>, &keep_mask_avx512<T>);
 }
 
 /// [sizes] of T: 1 / keep where element i is kept, else 0.

@@ -106,7 +106,7 @@ EpochStats train_epoch(ModelHolder& model, const std::vector<torch::optim::Optim
   if (options.clip_grad_norm() > 0) parameters = model->parameters();
 
   while (auto batch = pipeline.next()) {
-    for (auto* optimizer : optimizers) optimizer->zero_grad();
+    for (auto* optimizer : optimizers) compat::zero_grad(*optimizer);
     auto predictions =
         compat::with_autocast(batch->mask.device(), options.autocast(), [&] { return model->forward(*batch); });
     if (options.autocast())

@@ -35,6 +35,7 @@
 #include <memory>
 #include <sstream>
 #include <string>
+#include <tuple>
 #include <type_traits>
 #include <utility>
 #include <vector>
@@ -93,63 +94,85 @@ RECTRAIN_ALWAYS_INLINE void adam_row(float* p, float* m, float* v, const float* 
   }
 }
 
-/// Rows [begin, end) of the table; `touched` (ascending, nnz of them) are
-/// the rows with a gradient, `g` their values.
+/// The gradient rows of one step: entry t is row `rows[t]` (ascending,
+/// repeated where an id occurred several times), its values at row
+/// `order[t]` of `values` (or row t when `order` is null).
+struct SparseRows {
+  const int64_t* rows;
+  const int64_t* order;
+  const float* values;
+  int64_t nnz;
+};
+
+/// Rows [begin, end) of the table; the rows of `g` have a gradient, the
+/// others a zero one. Repeated rows are summed in entry order into
+/// `scratch` (width floats) first, as a dense gradient sums them.
 template <int Bytes>
 RECTRAIN_ALWAYS_INLINE void adam_rows_body(float* p, float* m, float* v, int64_t width, int64_t begin, int64_t end,
-                                           const int64_t* touched, int64_t nnz, const float* g,
-                                           const AdamStepConstants& k) {
-  int64_t t = std::lower_bound(touched, touched + nnz, begin) - touched;
+                                           const SparseRows& g, float* scratch, const AdamStepConstants& k) {
+  int64_t t = std::lower_bound(g.rows, g.rows + g.nnz, begin) - g.rows;
+  const auto values_of = [&g, width](int64_t entry) { return g.values + (g.order ? g.order[entry] : entry) * width; };
   for (int64_t r = begin; r < end; ++r) {
     const float* gr = nullptr;
-    if (t < nnz && touched[t] == r) gr = g + (t++) * width;
+    if (t < g.nnz && g.rows[t] == r) {
+      gr = values_of(t++);
+      if (t < g.nnz && g.rows[t] == r) {
+        std::copy_n(gr, width, scratch);
+        for (; t < g.nnz && g.rows[t] == r; ++t) {
+          const float* more = values_of(t);
+          for (int64_t j = 0; j < width; ++j) scratch[j] += more[j];
+        }
+        gr = scratch;
+      }
+    }
     adam_row<Bytes>(p + r * width, m + r * width, v + r * width, gr, width, k);
   }
 }
 
-using AdamRowsKernel = void (*)(float*, float*, float*, int64_t, int64_t, int64_t, const int64_t*, int64_t,
-                                const float*, const AdamStepConstants&);
+using AdamRowsKernel = void (*)(float*, float*, float*, int64_t, int64_t, int64_t, const SparseRows&, float*,
+                                const AdamStepConstants&);
 
 inline void adam_rows_generic(float* p, float* m, float* v, int64_t width, int64_t begin, int64_t end,
-                              const int64_t* touched, int64_t nnz, const float* g, const AdamStepConstants& k) {
-  adam_rows_body<16>(p, m, v, width, begin, end, touched, nnz, g, k);
+                              const SparseRows& g, float* scratch, const AdamStepConstants& k) {
+  adam_rows_body<16>(p, m, v, width, begin, end, g, scratch, k);
 }
 #if RECTRAIN_X86_DISPATCH
 RECTRAIN_TARGET_AVX2 inline void adam_rows_avx2(float* p, float* m, float* v, int64_t width, int64_t begin,
-                                                int64_t end, const int64_t* touched, int64_t nnz, const float* g,
+                                                int64_t end, const SparseRows& g, float* scratch,
                                                 const AdamStepConstants& k) {
-  adam_rows_body<32>(p, m, v, width, begin, end, touched, nnz, g, k);
+  adam_rows_body<32>(p, m, v, width, begin, end, g, scratch, k);
 }
 RECTRAIN_TARGET_AVX512 inline void adam_rows_avx512(float* p, float* m, float* v, int64_t width, int64_t begin,
-                                                    int64_t end, const int64_t* touched, int64_t nnz,
-                                                    const float* g, const AdamStepConstants& k) {
-  adam_rows_body<64>(p, m, v, width, begin, end, touched, nnz, g, k);
+                                                    int64_t end, const SparseRows& g, float* scratch,
+                                                    const AdamStepConstants& k) {
+  adam_rows_body<64>(p, m, v, width, begin, end, g, scratch, k);
 }
 #endif
 
 inline AdamRowsKernel adam_rows_for(CpuIsa isa) {
-#if RECTRAIN_X86_DISPATCH
-  if (isa == CpuIsa::Avx512) return &adam_rows_avx512;
-  if (isa == CpuIsa::Avx2) return &adam_rows_avx2;
-#else
-  (void)isa;
-#endif
-  return &adam_rows_generic;
+  return RECTRAIN_KERNEL_FOR(isa, &adam_rows_generic, &adam_rows_avx2, &adam_rows_avx512);
 }
 
 /// Adam's step on every row of a float32 CPU table `p` [rows, width] with
-/// moments `m`, `v`, from the coalesced sparse gradient (`grad_rows`
-/// ascending, `grad_values` [nnz, width]); zero gradient for the other
-/// rows. Each row is read and written once, in Adam's order of operations,
-/// on the CPU's ISA (cpu_isa.hpp).
+/// moments `m`, `v`, from a sparse gradient, coalesced or not (`grad_rows`
+/// [nnz] any order and repeats, `grad_values` [nnz, width]); zero gradient
+/// for the other rows. Each row is read and written once, in Adam's order
+/// of operations, on the CPU's ISA (cpu_isa.hpp). The rows are sorted here
+/// (stable, so repeats sum in their order): LibTorch's coalesce, which
+/// would also copy the values, took longer than the sort.
 inline void adam_all_rows(torch::Tensor& p, torch::Tensor& m, torch::Tensor& v, const torch::Tensor& grad_rows,
                           const torch::Tensor& grad_values, float lr, float beta1, float beta2, float eps,
                           float weight_decay, double bias_correction1, double bias_correction2) {
   const int64_t rows = p.size(0), width = rows > 0 ? p.numel() / rows : 0, nnz = grad_rows.numel();
-  const auto idx = grad_rows.contiguous();
   const auto values = grad_values.contiguous();
-  const int64_t* touched = idx.data_ptr<int64_t>();
-  const float* g = values.data_ptr<float>();
+  torch::Tensor sorted = grad_rows.contiguous(), order;
+  const int64_t* r = sorted.data_ptr<int64_t>();
+  if (!std::is_sorted(r, r + nnz)) {
+    std::tie(sorted, order) = torch::sort(sorted, /*stable=*/true, /*dim=*/0, /*descending=*/false);
+    order = order.contiguous();
+  }
+  const SparseRows g{sorted.data_ptr<int64_t>(), order.defined() ? order.data_ptr<int64_t>() : nullptr,
+                     values.data_ptr<float>(), nnz};
   float *pp = p.data_ptr<float>(), *pm = m.data_ptr<float>(), *pv = v.data_ptr<float>();
   const AdamStepConstants k{beta1,
                             beta2,
@@ -161,7 +184,8 @@ inline void adam_all_rows(torch::Tensor& p, torch::Tensor& m, torch::Tensor& v, 
                             static_cast<float>(std::sqrt(bias_correction2))};
   const AdamRowsKernel kernel = adam_rows_for(cpu_isa());
   at::parallel_for(0, rows, 64, [&](int64_t begin, int64_t end) {
-    kernel(pp, pm, pv, width, begin, end, touched, nnz, g, k);
+    std::vector<float> scratch(static_cast<size_t>(width));
+    kernel(pp, pm, pv, width, begin, end, g, scratch.data(), k);
   });
 }
 
@@ -243,10 +267,12 @@ class SparseAdam : public torch::optim::Optimizer {
 
   void update(torch::Tensor& p, const torch::optim::AdamOptions& options) {
     const auto [beta1, beta2] = options.betas();
+    const bool fused = rows_ == SparseAdamRows::All && p.device().is_cpu() && p.scalar_type() == torch::kFloat &&
+                       p.is_contiguous() && p.dim() >= 1;
     // Repeated rows (one id several times in a batch) summed first, as in
-    // a dense gradient.
-    const auto grad = p.grad().coalesce();
-    const auto rows = grad.indices()[0];
+    // a dense gradient (the fused pass sums them itself).
+    const auto grad = fused ? p.grad() : p.grad().coalesce();
+    const auto rows = fused ? grad._indices()[0] : grad.indices()[0];
     if (rows_ == SparseAdamRows::Touched && rows.numel() == 0) return;
     auto& state = state_of(p);
     state.step(state.step() + 1);
@@ -257,10 +283,8 @@ class SparseAdam : public torch::optim::Optimizer {
     auto& exp_avg_sq = state.exp_avg_sq();
 
     if (rows_ == SparseAdamRows::All) {
-      const bool fused = p.device().is_cpu() && p.scalar_type() == torch::kFloat && p.is_contiguous() &&
-                         exp_avg.is_contiguous() && exp_avg_sq.is_contiguous() && p.dim() >= 1;
-      if (fused) {
-        detail::adam_all_rows(p, exp_avg, exp_avg_sq, rows, grad.values().reshape({rows.numel(), -1}),
+      if (fused && exp_avg.is_contiguous() && exp_avg_sq.is_contiguous()) {
+        detail::adam_all_rows(p, exp_avg, exp_avg_sq, rows, grad._values().reshape({rows.numel(), -1}),
                               static_cast<float>(options.lr()), static_cast<float>(beta1), static_cast<float>(beta2),
                               static_cast<float>(options.eps()), static_cast<float>(options.weight_decay()),
                               bias_correction1, bias_correction2);
