@@ -16,6 +16,7 @@ function(run_step)
     message(FATAL_ERROR "step failed (${rc}): ${ARGN}\n${out}\n${err}")
   endif()
   set(step_output "${out}" PARENT_SCOPE)
+  set(step_log "${out}${err}" PARENT_SCOPE)
 endfunction()
 
 set(configure_args -S "${SOURCE_DIR}/tests/consumer" -B "${WORK_DIR}/build" -G "${GENERATOR}"
@@ -43,6 +44,13 @@ endif()
 
 run_step(${CMAKE_COMMAND} ${configure_args})
 run_step(${CMAKE_COMMAND} --build "${WORK_DIR}/build")
+# The consumer compiles with -Wall -Wextra and rectrain's headers as its own
+# code (see CMakeLists.txt): any warning from them fails.
+string(REGEX MATCHALL "[^\n]*include/rectrain/[^\n]*warning:[^\n]*" rectrain_warnings "${step_log}")
+if(rectrain_warnings)
+  string(REPLACE ";" "\n" rectrain_warnings "${rectrain_warnings}")
+  message(FATAL_ERROR "rectrain's headers warn in a consumer build with default flags:\n${rectrain_warnings}")
+endif()
 run_step("${WORK_DIR}/build/consumer")
 message(STATUS "${step_output}")
 if(NOT step_output MATCHES "consumer ok")
