@@ -19,12 +19,14 @@ namespace {
 const std::vector<CpuIsa> kAllLevels{CpuIsa::Generic, CpuIsa::Avx2, CpuIsa::Avx512};
 
 /// f() at every level this CPU runs, each result beside the generic one;
-/// levels it lacks are reported as skipped.
+/// levels it lacks are reported as skipped (once a run).
 template <typename F>
 void at_every_level(F&& f) {
+  static bool reported[3] = {};
   for (const CpuIsa isa : kAllLevels) {
     if (!cpu_supports(isa)) {
-      WARN("CPU ISA " << cpu_isa_name(isa) << " skipped: this CPU (or build) does not run it");
+      if (!reported[static_cast<int>(isa)]) WARN("CPU ISA " << cpu_isa_name(isa) << " skipped: this CPU does not run it");
+      reported[static_cast<int>(isa)] = true;
       continue;
     }
     CpuIsaGuard guard(isa);

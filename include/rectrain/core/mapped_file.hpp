@@ -79,6 +79,11 @@ inline void on_sigbus(int signal, siginfo_t* info, void* context) {
     if (address < slot.begin.load(std::memory_order_acquire) || address >= slot.end.load(std::memory_order_acquire))
       continue;
     if (slot.fatal.load()) {
+      // Threads reading the same file fault together: one reports and ends
+      // the process, the others wait for that (their writes interleaved).
+      static std::atomic<bool> reporting{false};
+      if (reporting.exchange(true))
+        for (;;) ::pause();
       const char* path = slot.path.load();
       write_stderr("rectrain: fatal: ");
       write_stderr(path ? path : "a memory-mapped file");
