@@ -446,6 +446,53 @@ TEST_CASE("SparseAdam: Adam's update of every row, or of the rows a step touched
     compare_with_adam(torch::kDouble, SparseAdamRows::All, some_rows);
   }
 
+  SECTION("All without weight decay (moments held scaled): Adam's values over 300 steps, through a rescale and a "
+          "checkpoint") {
+    const auto no_decay = torch::optim::AdamOptions(0.01);
+    const auto start = torch::randn({40, 37});  // 37: vector lanes and a scalar tail
+    auto dense = start.clone().requires_grad_(true), sparse = start.clone().requires_grad_(true);
+    torch::optim::Adam adam({dense}, no_decay);
+    SparseAdam sparse_adam({sparse}, no_decay);
+    torch::Tensor resumed;
+    std::unique_ptr<SparseAdam> resumed_adam;
+    TempDir dir;
+    auto step_loss = [](const torch::Tensor& table, int step, bool is_sparse) {
+      // A few rows a step, one twice; the others coast on their momentum.
+      const auto ids = torch::tensor({step % 40, (7 * step + 3) % 40, step % 40}, torch::kInt64);
+      const auto rows = torch::embedding(table, ids, -1, false, is_sparse);
+      return (rows - std::sin(0.1 * step)).pow(2).sum();
+    };
+    for (int step = 0; step < 300; ++step) {  // β1^k < 1e-12 at k = 263: the moments are rescaled once
+      if (step == 150) {
+        const auto path = dir.file("scaled.pt");
+        torch::save(sparse_adam, path);
+        resumed = sparse.detach().clone().requires_grad_(true);
+        resumed_adam = std::make_unique<SparseAdam>(std::vector<torch::Tensor>{resumed}, no_decay);
+        torch::load(*resumed_adam, path);
+      }
+      adam.zero_grad();
+      sparse_adam.zero_grad();
+      step_loss(dense, step, false).backward();
+      step_loss(sparse, step, true).backward();
+      adam.step();
+      sparse_adam.step();
+      if (resumed_adam) {
+        resumed_adam->zero_grad();
+        step_loss(resumed, step, true).backward();
+        resumed_adam->step();
+      }
+    }
+    INFO("largest difference from Adam " << (sparse - dense).abs().max().item<double>());
+    CHECK(torch::allclose(sparse, dense, 1e-4, 1e-5));
+    CHECK(resumed.equal(sparse));  // save() unscales, so both went on from Adam's own moments
+    // Unscaled, the state is Adam's: the moments of the last step agree.
+    sparse_adam.unscale_moments();
+    const auto& mine = static_cast<torch::optim::AdamParamState&>(*sparse_adam.state().begin()->second);
+    const auto& theirs = static_cast<torch::optim::AdamParamState&>(*adam.state().begin()->second);
+    CHECK(torch::allclose(mine.exp_avg(), theirs.exp_avg(), 1e-4, 1e-6));
+    CHECK(torch::allclose(mine.exp_avg_sq(), theirs.exp_avg_sq(), 1e-4, 1e-7));
+  }
+
   SECTION("Touched: Adam's values when every row is used at every step") {
     compare_with_adam(torch::kFloat, SparseAdamRows::Touched, every_row);
   }

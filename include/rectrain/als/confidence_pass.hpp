@@ -153,14 +153,10 @@ int confidence_pass_level(int64_t f, CpuIsa isa) {
 /// The pass for f on confidence_pass_level(f, isa); nullptr for -1.
 template <class T>
 ConfidencePass<T> confidence_pass_for(int64_t f, CpuIsa isa) {
-  switch (confidence_pass_level<T>(f, isa)) {
-#if RECTRAIN_X86_DISPATCH
-    case static_cast<int>(CpuIsa::Avx512): return &confidence_pass_avx512<T>;
-    case static_cast<int>(CpuIsa::Avx2): return &confidence_pass_avx2<T>;
-#endif
-    case static_cast<int>(CpuIsa::Generic): return &confidence_pass_generic<T>;
-    default: return nullptr;
-  }
+  const int level = confidence_pass_level<T>(f, isa);
+  if (level < 0) return nullptr;
+  return RECTRAIN_KERNEL_FOR(static_cast<CpuIsa>(level), &confidence_pass_generic<T>, &confidence_pass_avx2<T>,
+                             &confidence_pass_avx512<T>);
 }
 
 #else

@@ -149,13 +149,20 @@ inline CpuIsa parse_cpu_isa(const std::string& text, const std::string& what = "
   throw Error(detail::concat(what, ": \"", text, "\" is not a level; use generic, avx2 or avx512"));
 }
 
+namespace detail {
+/// An Error naming `what` when this CPU lacks `isa`.
+inline void check_cpu_supports(CpuIsa isa, const std::string& what) {
+  if (!cpu_supports(isa))
+    throw Error(concat(what, ": this CPU (or build) does not support it; the widest here is ",
+                       cpu_isa_name(best_cpu_isa())));
+}
+} // namespace detail
+
 /// Makes `isa` the level every kernel dispatches to from now on, process
 /// wide. A level this CPU lacks is an Error (it would die of an illegal
 /// instruction).
 inline void set_cpu_isa(CpuIsa isa) {
-  if (!cpu_supports(isa))
-    throw Error(detail::concat("CPU ISA ", cpu_isa_name(isa), ": this CPU (or build) does not support it; the widest "
-                               "here is ", cpu_isa_name(best_cpu_isa())));
+  detail::check_cpu_supports(isa, detail::concat("CPU ISA ", cpu_isa_name(isa)));
   detail::selected_cpu_isa.store(static_cast<int>(isa), std::memory_order_relaxed);
 }
 
@@ -191,9 +198,7 @@ inline CpuIsa initial_cpu_isa() {
   const char* env = std::getenv("RECTRAIN_CPU_ISA");
   if (env == nullptr || *env == '\0') return best_cpu_isa();
   const CpuIsa isa = parse_cpu_isa(env, "RECTRAIN_CPU_ISA");
-  if (!cpu_supports(isa))
-    throw Error(concat("RECTRAIN_CPU_ISA=", env, ": this CPU (or build) does not support it; the widest here is ",
-                       cpu_isa_name(best_cpu_isa())));
+  check_cpu_supports(isa, concat("RECTRAIN_CPU_ISA=", env));
   return isa;
 }
 
