@@ -47,7 +47,7 @@ prefix="$torch_prefix"
 if [ -d "$deps" ]; then prefix="$prefix;$deps"; fi
 # File by file (no unity build): the machine has many cores for one unit each.
 cmake -S . -B build-cuda -DCMAKE_BUILD_TYPE=Release -DCMAKE_PREFIX_PATH="$prefix" \
-  -DRECTRAIN_UNITY_BUILD=OFF -DRECTRAIN_NATIVE_ARCH=OFF ${CMAKE_GENERATOR:+-G "$CMAKE_GENERATOR"} \
+  -DRECTRAIN_BUILD_TESTS=ON -DRECTRAIN_BUILD_EXAMPLES=ON -DRECTRAIN_UNITY_BUILD=OFF -DRECTRAIN_NATIVE_ARCH=OFF ${CMAKE_GENERATOR:+-G "$CMAKE_GENERATOR"} \
   >build-cuda.log 2>&1 || { tail -40 build-cuda.log; exit 1; }
 cmake --build build-cuda -j "$(nproc)" --target rectrain_tests rectrain-vk rectrain-bench >>build-cuda.log 2>&1 ||
   { grep -E 'error|Error' build-cuda.log | head -40; exit 1; }

@@ -54,5 +54,5 @@ if [ -d "$repo/../shared" ]; then
   mkdir -p "$root/src/shared" && mount --bind "$repo/../shared" "$root/src/shared" && mounted+=("$root/src/shared")
 fi
 chroot "$root" /bin/bash -c "echo test-libtorch2: \$(dpkg-query -W -f='\${Package} \${Version} ' libtorch-dev catch2)
-  cd /src/main && cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=Release -DRECTRAIN_BUILD_BENCHMARKS=OFF >/dev/null &&
+  cd /src/main && cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=Release -DRECTRAIN_BUILD_TESTS=ON -DRECTRAIN_BUILD_EXAMPLES=ON -DRECTRAIN_BUILD_BENCHMARKS=OFF >/dev/null &&
   cmake --build build && cd build && OMP_NUM_THREADS=2 ctest --output-on-failure -j \$(nproc)"

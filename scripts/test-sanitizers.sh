@@ -13,7 +13,7 @@ bash scripts/install-deps.sh sanitizers
 build=${SANITIZER_BUILD_DIR:-build-sanitize}
 # -O1, as sanitizer builds usually are: on Zen 3 the suite's unit compiles
 # in 288 s against 372 s at -O3, and the suite runs no slower (121 s, 138 s).
-cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DCMAKE_CXX_COMPILER=clang++-14 \
+cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DRECTRAIN_BUILD_TESTS=ON -DRECTRAIN_BUILD_EXAMPLES=ON -DCMAKE_CXX_COMPILER=clang++-14 \
   "-DCMAKE_CXX_FLAGS_RELEASE=-O1 -DNDEBUG" -DCMAKE_CXX_FLAGS=-gline-tables-only -DRECTRAIN_SANITIZE=address,undefined \
   -DCMAKE_DISABLE_FIND_PACKAGE_OpenMP=ON -DRECTRAIN_BUILD_BENCHMARKS=OFF -DRECTRAIN_BUILD_FUZZERS=ON >/dev/null
 # The programs the suite and the fuzzers run; the custom_head example (a

@@ -2,6 +2,7 @@
 #include "helpers.hpp"
 
 #include <rectrain/data/batch.hpp>
+#include <rectrain/data/challenge_schema.hpp>
 #include <rectrain/data/dataset.hpp>
 #include <rectrain/data/group_sampler.hpp>
 #include <rectrain/data/synthetic.hpp>
@@ -299,7 +300,7 @@ TEST_CASE("real datasets in ../shared/data load and score", "[dataset][shared]")
     // One epoch of group sampling and gathering over the real rows.
     GroupSampler sampler(ds.interactions["user"], ds.interaction_targets(),
                          GroupSamplerOptions(20).batch_size(128).seed(1));
-    const BatchSpec spec = BatchSpec::standard(ds);
+    const BatchSpec spec = standard_batch_spec(ds);
     int64_t groups = 0;
     while (auto rows = sampler.next_batch()) {
       const Batch batch = spec.gather(*rows);

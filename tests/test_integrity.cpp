@@ -13,6 +13,7 @@
 #include <rectrain/core/file_identity.hpp>
 #include <rectrain/core/torch_archive.hpp>
 #include <rectrain/data/batch.hpp>
+#include <rectrain/data/challenge_schema.hpp>
 #include <rectrain/data/csv.hpp>
 #include <rectrain/data/dataset.hpp>
 #include <rectrain/data/dataset_fingerprint.hpp>
@@ -245,7 +246,7 @@ TEST_CASE("DatasetFingerprint tells data apart part by part", "[dataset][checksu
   CHECK_THROWS_WITH(DatasetFingerprint::from_text("interactions 3 xyz\n", "f.pt"), Catch::Contains("f.pt: bad data"));
 }
 
-TEST_CASE("BatchSpec::candidates in a model's vocabulary: ids by raw id, side features from the data",
+TEST_CASE("candidate_batch_spec in a model's vocabulary: ids by raw id, side features from the data",
           "[dataset][vocabulary]") {
   TempDir dir;
   const std::string data = dir.file("data");
@@ -257,14 +258,14 @@ TEST_CASE("BatchSpec::candidates in a model's vocabulary: ids by raw id, side fe
   const Dataset ds = load_dataset(data);
   // A model that knew users 5 and 20, items 200 and 100, sources 8 and 3.
   Vocabulary model{IdMap::from_ids({i64({5, 20})}), IdMap::from_ids({i64({200, 100})}), IdMap::from_ids({i64({8, 3})})};
-  const auto batch = BatchSpec::candidates(ds, model).gather(torch::arange(3).view({3, 1}));
+  const auto batch = candidate_batch_spec(ds, model).gather(torch::arange(3).view({3, 1}));
   CHECK(batch.feature("user").view(-1).equal(i64({1, -1, -1})));    // 20 -> 1; 30 and 10 unknown
   CHECK(batch.feature("item").view(-1).equal(i64({-1, 0, 1})));     // 300 unknown; 100 -> 0; 200 -> 1
   CHECK(batch.feature("source").view(-1).equal(i64({-1, -1, 1})));  // 9, 7 unknown; 8 -> 1 (after 3)
   CHECK(batch.feature("duration").view(-1).equal(torch::tensor({50.0f, 30.0f, 40.0f})));  // the data's own
   // In the data's own vocabulary it is the plain candidates spec.
-  const auto own = BatchSpec::candidates(ds, Vocabulary::of(ds)).gather(torch::arange(3).view({3, 1}));
-  const auto plain = BatchSpec::candidates(ds).gather(torch::arange(3).view({3, 1}));
+  const auto own = candidate_batch_spec(ds, Vocabulary::of(ds)).gather(torch::arange(3).view({3, 1}));
+  const auto plain = candidate_batch_spec(ds).gather(torch::arange(3).view({3, 1}));
   for (const char* name : {"user", "item", "source", "duration", "age"})
     CHECK(own.feature(name).equal(plain.feature(name)));
 }

@@ -2,6 +2,7 @@
 #include "helpers.hpp"
 
 #include <rectrain/data/batch.hpp>
+#include <rectrain/data/challenge_schema.hpp>
 #include <rectrain/data/dataset.hpp>
 #include <rectrain/data/group_sampler.hpp>
 #include <rectrain/data/synthetic.hpp>
@@ -734,7 +735,7 @@ torch::Tensor score_candidates(Ranker& ranker, const Dataset& ds) {
   torch::NoGradGuard no_grad;
   ranker->eval();
   const auto rows = torch::arange(ds.candidates.num_rows()).view({-1, 1});
-  const auto scores = ranker->forward(BatchSpec::candidates(ds).gather(rows))["target"];
+  const auto scores = ranker->forward(candidate_batch_spec(ds).gather(rows))["target"];
   ranker->train();
   return scores.view(-1);
 }
@@ -748,7 +749,7 @@ TEST_CASE("end to end: a Ranker on synthetic data beats popularity within a few 
   REQUIRE(ds.candidates.num_rows() > 0);
   torch::manual_seed(5);
   auto ranker = recipe_ranker(ds);
-  const auto spec = BatchSpec::standard(ds);
+  const auto spec = standard_batch_spec(ds);
   GroupSampler sampler(ds.interactions["user"], ds.interaction_targets(), GroupSamplerOptions(20).batch_size(32).seed(5));
   torch::optim::Adam adam(ranker->parameters(), 3e-3);
   const auto users = ds.candidates["user"], targets = ds.candidates["target"];

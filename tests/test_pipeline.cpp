@@ -35,7 +35,7 @@ TEST_CASE("BatchPipeline delivers the sampler's batches in order for any worker 
   TempDir dir;
   generate_synthetic(dir.path().string(), SyntheticOptions::at_scale(0.002).seed(3));
   const Dataset ds = load_dataset(dir.path().string());
-  const BatchSpec spec = BatchSpec::standard(ds);
+  const BatchSpec spec = standard_batch_spec(ds);
   const auto options = GroupSamplerOptions(20).batch_size(16).seed(8);
 
   GroupSampler reference_sampler(ds.interactions["user"], ds.interaction_targets(), options);
@@ -75,7 +75,7 @@ TEST_CASE("BatchPipeline full feature set and worker tuning", "[pipeline]") {
   generate_synthetic(dir.path().string(), SyntheticOptions::at_scale(0.002).seed(4));
   const Dataset ds = load_dataset(dir.path().string());
   GroupSampler sampler(ds.interactions["user"], ds.interaction_targets(), GroupSamplerOptions(20).batch_size(8));
-  BatchPipeline pipeline(BatchSpec::standard(ds), sampler);
+  BatchPipeline pipeline(standard_batch_spec(ds), sampler);
   const int64_t chosen = pipeline.tune_workers(3, 8);
   CHECK(chosen >= 1);
   CHECK(chosen <= 3);
@@ -115,7 +115,7 @@ TEST_CASE("BatchPipeline copies to CUDA", "[pipeline][cuda]") {
   generate_synthetic(dir.path().string(), SyntheticOptions::at_scale(0.002).seed(5));
   const Dataset ds = load_dataset(dir.path().string());
   GroupSampler sampler(ds.interactions["user"], ds.interaction_targets(), GroupSamplerOptions(20).batch_size(8));
-  BatchPipeline pipeline(BatchSpec::standard(ds), sampler, BatchPipelineOptions().device(torch::kCUDA));
+  BatchPipeline pipeline(standard_batch_spec(ds), sampler, BatchPipelineOptions().device(torch::kCUDA));
   pipeline.start_epoch(0);
   const auto batch = pipeline.next();
   REQUIRE(batch);
@@ -124,7 +124,7 @@ TEST_CASE("BatchPipeline copies to CUDA", "[pipeline][cuda]") {
   // Sampling and gathering on the GPU end to end.
   GroupSampler gpu_sampler(ds.interactions["user"].cuda(), ds.interaction_targets().cuda(),
                            GroupSamplerOptions(20).batch_size(8));
-  BatchPipeline gpu(BatchSpec::standard(ds).to(torch::kCUDA), gpu_sampler,
+  BatchPipeline gpu(standard_batch_spec(ds).to(torch::kCUDA), gpu_sampler,
                     BatchPipelineOptions().device(torch::kCUDA));
   gpu.start_epoch(0);
   CHECK(gpu.next()->feature("item_embedding").is_cuda());

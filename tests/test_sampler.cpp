@@ -1,8 +1,10 @@
 #include "catch.hpp"
 #include "helpers.hpp"
 
+#include <rectrain/data/batch_dataset.hpp>
 #include <rectrain/data/group_sampler.hpp>
 
+#include <algorithm>
 #include <map>
 #include <set>
 
@@ -168,7 +170,7 @@ TEST_CASE("GroupSampler explains impossible settings", "[sampler][bad-input]") {
 
 TEST_CASE("GroupSampler fits torch::data and resumes from a saved position", "[sampler]") {
   const Rows rows = random_rows(100, 50, 4);
-  torch::data::samplers::Sampler<torch::Tensor>* base = nullptr;
+  torch::data::samplers::Sampler<RowBlock>* base = nullptr;
   GroupSampler s(rows.users, rows.targets, GroupSamplerOptions(5).batch_size(4).seed(2));
   base = &s;
   base->reset(compat::nullopt);  // epoch 0
@@ -181,6 +183,7 @@ TEST_CASE("GroupSampler fits torch::data and resumes from a saved position", "[s
   std::stringstream buffer;
   out.save_to(buffer);
   auto third = base->next(4);
+  REQUIRE(third);
 
   GroupSampler resumed(rows.users, rows.targets, GroupSamplerOptions(5).batch_size(4).seed(2));
   torch::serialize::InputArchive in;
@@ -188,9 +191,36 @@ TEST_CASE("GroupSampler fits torch::data and resumes from a saved position", "[s
   resumed.load(in);
   CHECK(resumed.epoch() == 0);
   CHECK(resumed.position() == 8);
-  CHECK(resumed.next(4)->equal(*third));
+  CHECK(resumed.next(4)->rows.equal(third->rows));
   base->reset(compat::nullopt);  // moves on to epoch 1
   CHECK(s.epoch() == 1);
+}
+
+TEST_CASE("GroupSampler feeds torch::data's loader through BatchSpecDataset", "[sampler][pipeline]") {
+  const Rows rows = random_rows(120, 30, 4);
+  BatchSpec spec;
+  spec.feature("row", torch::arange(rows.users.numel(), torch::kInt64)).label("target", rows.targets.to(torch::kFloat));
+  GroupSampler reference(rows.users, rows.targets, GroupSamplerOptions(5).batch_size(4).seed(9));
+  for (const int64_t workers : {0, 2}) {
+    auto loader = torch::data::make_data_loader(
+        BatchSpecDataset(spec), GroupSampler(rows.users, rows.targets, GroupSamplerOptions(5).seed(9)),
+        torch::data::DataLoaderOptions().batch_size(4).workers(workers));
+    for (int64_t epoch = 0; epoch < 2; ++epoch) {  // the loader moves the sampler on to each epoch
+      reference.set_epoch(epoch);
+      std::vector<torch::Tensor> expected;
+      while (auto block = reference.next_batch()) expected.push_back(*block);
+      std::vector<torch::Tensor> got;
+      for (Batch& batch : *loader) {
+        CHECK(batch.feature("row").equal(batch.rows));  // padding is -1 in both
+        got.push_back(batch.rows);
+      }
+      INFO("workers " << workers << ", epoch " << epoch);
+      REQUIRE(got.size() == expected.size());
+      // Workers may deliver out of order: the same blocks, as a set.
+      for (const auto& e : expected)
+        CHECK(std::any_of(got.begin(), got.end(), [&](const torch::Tensor& g) { return g.equal(e); }));
+    }
+  }
 }
 
 TEST_CASE("GroupSampler on CUDA keeps the invariants", "[sampler][cuda]") {

@@ -49,7 +49,7 @@ struct Run {
       : model((torch::manual_seed(3), small_ranker(ds))),
         adam(model->parameters(), 1e-2),
         sampler(ds.interactions["user"], ds.interaction_targets(), GroupSamplerOptions(20).batch_size(16).seed(3)),
-        pipeline(BatchSpec::standard(ds), sampler, BatchPipelineOptions().workers(2)) {
+        pipeline(standard_batch_spec(ds), sampler, BatchPipelineOptions().workers(2)) {
     state.add("model", *model).add("adam", adam).add("sampler", sampler).add("rng", rng).add("epochs", epochs);
   }
   void train(int64_t epoch) {
@@ -259,7 +259,7 @@ TEST_CASE("score_groups scores groups in chunks, in eval mode, and restores the 
   const auto& ds = synthetic_dataset();
   torch::manual_seed(2);
   auto model = small_ranker(ds);
-  const auto spec = BatchSpec::standard(ds);
+  const auto spec = standard_batch_spec(ds);
   auto rows = torch::arange(60).view({6, 10});
   rows[5][9] = -1;
   model->train();
@@ -274,6 +274,10 @@ TEST_CASE("score_groups scores groups in chunks, in eval mode, and restores the 
   CHECK_THROWS_WITH(score_groups(model, spec, rows, ScoreOptions().head("watch")),
                     Catch::Contains("no head 'watch'") && Catch::Contains("target, like"));
   CHECK_THROWS_WITH(score_groups(model, spec, torch::arange(5)), Catch::Contains("expected [N, G] int64"));
+  // A failure in the middle of scoring leaves the training mode as it was.
+  model->train();
+  CHECK_THROWS(score_groups(model, spec, rows, ScoreOptions().head("watch")));
+  CHECK(model->is_training());
 }
 
 TEST_CASE("ensemble_scores averages standardised scores", "[train]") {
@@ -315,7 +319,7 @@ TEST_CASE("train_epoch and score_groups under bf16 autocast: LayerNorm and Batch
     CHECK(std::isfinite(stats.loss));
     CHECK(stats.rows > 0);
     const auto rows = torch::arange(40).view({2, 20});
-    const auto scores = score_groups(run.model, BatchSpec::standard(ds), rows, ScoreOptions().autocast(at::kBFloat16));
+    const auto scores = score_groups(run.model, standard_batch_spec(ds), rows, ScoreOptions().autocast(at::kBFloat16));
     CHECK(scores.sizes() == torch::IntArrayRef({2, 20}));
     CHECK(torch::isfinite(scores).all().item<bool>());
   }

@@ -37,7 +37,7 @@ int pipeline_bench_main(int argc, char** argv) {
               static_cast<long long>(ds.num_interactions()), static_cast<long long>(batch), device.c_str());
   rectrain::GroupSampler sampler(ds.interactions["user"], ds.interaction_targets(),
                                  rectrain::GroupSamplerOptions(20).batch_size(batch));
-  rectrain::BatchPipeline pipeline(rectrain::BatchSpec::standard(ds), sampler,
+  rectrain::BatchPipeline pipeline(rectrain::standard_batch_spec(ds), sampler,
                                    rectrain::BatchPipelineOptions().device(torch::Device(device)));
   std::printf("%8s %14s %10s %10s %10s %10s\n", "workers", "rows_per_s", "sample_s", "gather_s", "copy_s", "wait_s");
   for (int64_t workers = 0; workers <= 3; ++workers) {

@@ -84,7 +84,7 @@ int main(int argc, char** argv) {
         .add_head("like", BinaryHead(ranker->hidden_dim(), "like"))
         .add_head("completion", WatchCompletionHead(ranker->hidden_dim()), 0.5);
 
-    const auto spec = BatchSpec::standard(ds);
+    const auto spec = standard_batch_spec(ds);
     GroupSampler sampler(ds.interactions["user"], ds.interaction_targets(),
                          GroupSamplerOptions(20).batch_size(32).seed(seed));
     torch::optim::Adam adam(ranker->parameters(), 3e-3);
@@ -95,18 +95,17 @@ int main(int argc, char** argv) {
       while (auto rows = sampler.next_batch()) {
         const auto batch = spec.gather(*rows);
         const auto predictions = ranker->forward(batch);
-        const auto losses = ranker->losses(predictions, batch);
-        const auto loss = ranker->task_loss->forward(losses);
+        const auto terms = ranker->loss_terms(predictions, batch);
         adam.zero_grad();
-        loss.backward();
+        terms.total.backward();
         adam.step();
-        completion_loss += losses["completion"].item<double>();
-        total += loss.item<double>();
+        completion_loss += terms.heads["completion"].item<double>();
+        total += terms.total.item<double>();
         ++batches;
       }
       torch::NoGradGuard no_grad;
       ranker->eval();
-      const auto candidates = BatchSpec::candidates(ds).gather(torch::arange(ds.candidates.num_rows()).view({-1, 1}));
+      const auto candidates = candidate_batch_spec(ds).gather(torch::arange(ds.candidates.num_rows()).view({-1, 1}));
       const auto scores = ranker->forward(candidates)["target"].view(-1);
       const auto m = gauc(ds.candidates["user"], ds.candidates["target"], scores);
       ranker->train();

@@ -176,7 +176,7 @@ inline int run_demo(double scale, std::string dir, uint64_t seed) {
               static_cast<long long>(ds.num_items()), seconds_since(t0));
   rectrain::GroupSampler sampler(ds.interactions["user"], ds.interaction_targets(),
                                  rectrain::GroupSamplerOptions(20).batch_size(64).seed(seed));
-  rectrain::BatchPipeline pipeline(rectrain::BatchSpec::standard(ds), sampler,
+  rectrain::BatchPipeline pipeline(rectrain::standard_batch_spec(ds), sampler,
                                    rectrain::BatchPipelineOptions().workers(2));
   for (int64_t epoch = 0; epoch < 2; ++epoch) {
     t0 = clock_type::now();

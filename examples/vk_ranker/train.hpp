@@ -255,7 +255,7 @@ inline torch::Tensor score_candidates(rectrain::Ranker& model, const rectrain::D
   if (cfg.bf16) options.autocast(at::kBFloat16);
   const auto rows = torch::arange(ds.candidates.num_rows()).view({-1, 1});
   const auto spec =
-      with_recipe_columns(rectrain::BatchSpec::candidates(ds, vocabulary), cfg, views, ds.candidates["item"]);
+      with_recipe_columns(rectrain::candidate_batch_spec(ds, vocabulary), cfg, views, ds.candidates["item"]);
   return rectrain::score_groups(model, spec, rows, options).view(-1);
 }
 
@@ -410,7 +410,7 @@ inline SeedScores train_seed(rectrain::Dataset ds, const torch::Tensor& all_view
   if (!table_weights.empty()) optimizers.push_back(&table_adam);
   GroupSampler sampler(train.interactions["user"], targets,
                        GroupSamplerOptions(cfg.group_size).batch_size(cfg.batch_groups).seed(seed));
-  BatchPipeline pipeline(with_recipe_columns(BatchSpec::standard(train), cfg, train_views, train.interactions["item"]),
+  BatchPipeline pipeline(with_recipe_columns(standard_batch_spec(train), cfg, train_views, train.interactions["item"]),
                          sampler, BatchPipelineOptions().device(device).workers(run.workers));
   int64_t epochs_done = 0;
   auto cpu_rng = at::globalContext().defaultGenerator(torch::kCPU);
@@ -431,7 +431,7 @@ inline SeedScores train_seed(rectrain::Dataset ds, const torch::Tensor& all_view
   }
   for (const auto& line : split(history, '\n')) log.push_back(line);
 
-  const auto valid_spec = with_recipe_columns(BatchSpec::standard(valid), cfg, train_views, valid.interactions["item"]);
+  const auto valid_spec = with_recipe_columns(standard_batch_spec(valid), cfg, train_views, valid.interactions["item"]);
   ScoreOptions score_options;
   score_options.device(device);
   if (cfg.bf16) score_options.autocast(at::kBFloat16);

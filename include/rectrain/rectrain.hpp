@@ -8,6 +8,7 @@
 #include <rectrain/core/atomic_file.hpp>
 #include <rectrain/core/checksum.hpp>
 #include <rectrain/core/compat.hpp>
+#include <rectrain/core/compat_unpickle.hpp>
 #include <rectrain/core/crash_point.hpp>
 #include <rectrain/core/directory_lock.hpp>
 #include <rectrain/core/error.hpp>
@@ -19,7 +20,11 @@
 #include <rectrain/core/text.hpp>
 #include <rectrain/core/version.hpp>
 #include <rectrain/data/batch.hpp>
+#include <rectrain/data/batch_dataset.hpp>
 #include <rectrain/data/batch_pipeline.hpp>
+#include <rectrain/data/batch_sampler.hpp>
+#include <rectrain/data/batch_spec.hpp>
+#include <rectrain/data/challenge_schema.hpp>
 #include <rectrain/data/csv.hpp>
 #include <rectrain/data/dataset.hpp>
 #include <rectrain/data/dataset_fingerprint.hpp>

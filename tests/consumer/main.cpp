@@ -15,7 +15,7 @@ int main() {
                                  rectrain::GroupSamplerOptions(20).batch_size(4).drop_uniform(false));
   const auto rows = sampler.next_batch();
   if (!rows) return 1;
-  const rectrain::Batch batch = rectrain::BatchSpec::standard(ds).gather(*rows);
+  const rectrain::Batch batch = rectrain::standard_batch_spec(ds).gather(*rows);
   const auto metric = rectrain::gauc(ds.candidates["user"], ds.candidates["target"],
                                      rectrain::like_rate_scores(ds));
   std::printf("consumer ok: rectrain %s, %lld rows, batch [%lld, %lld], like-rate GAUC %.4f over %lld users\n",

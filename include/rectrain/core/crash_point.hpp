@@ -10,7 +10,14 @@
 //   directory.swap     write_directory_atomically's new contents are
 //                      complete beside the directory, not yet swapped in
 //
-// Unset (always, outside tests) a crash point costs one load of a pointer.
+// Compiled in only where a build asks for it with RECTRAIN_FAULT_INJECTION=1
+// (rectrain's own tests and rectrain-vk do, for the fault tests); elsewhere
+// a crash point is nothing, and no environment variable can kill a user's
+// program. Every translation unit of one program must agree on the macro.
+
+#ifndef RECTRAIN_FAULT_INJECTION
+#define RECTRAIN_FAULT_INJECTION 0
+#endif
 
 #include <atomic>
 #include <csignal>
@@ -29,6 +36,7 @@ struct CrashTarget {
   std::atomic<long> hits{0};
 };
 
+#if RECTRAIN_FAULT_INJECTION
 inline CrashTarget* crash_target() {
   static CrashTarget* target = []() -> CrashTarget* {
     const char* spec = std::getenv("RECTRAIN_CRASH_AT");
@@ -46,6 +54,9 @@ inline void crash_point(const char* point) {
   CrashTarget* target = crash_target();
   if (target && target->point == point && ++target->hits == target->hit) ::kill(::getpid(), SIGKILL);
 }
+#else
+inline void crash_point(const char*) {}
+#endif
 
 } // namespace detail
 } // namespace rectrain

@@ -1,13 +1,13 @@
 #pragma once
 // The batch pipeline: worker threads take [B, G] index blocks from a
-// GroupSampler, gather them into Batches (in pinned memory when the target
-// is CUDA), copy them to the device with non_blocking, and hand them over
-// through a bounded reorder queue, so batches come out in the sampler's
-// order whatever the worker count. Each stage's cost is measured.
+// BatchSampler (a GroupSampler, or any other), gather them into Batches (in
+// pinned memory when the target is CUDA), copy them to the device with
+// non_blocking, and hand them over through a bounded reorder queue, so
+// batches come out in the sampler's order whatever the worker count. Each stage's cost is measured.
 
 #include <rectrain/core/error.hpp>
-#include <rectrain/data/batch.hpp>
-#include <rectrain/data/group_sampler.hpp>
+#include <rectrain/data/batch_spec.hpp>
+#include <rectrain/data/batch_sampler.hpp>
 
 #include <torch/torch.h>
 
@@ -44,7 +44,7 @@ struct PipelineStats {
 
 class BatchPipeline {
  public:
-  BatchPipeline(BatchSpec spec, GroupSampler& sampler, BatchPipelineOptions options = {})
+  BatchPipeline(BatchSpec spec, BatchSampler& sampler, BatchPipelineOptions options = {})
       : spec_(std::move(spec)), sampler_(sampler), options_(std::move(options)) {
     if (options_.workers() < 0 || options_.prefetch() < 1)
       throw Error(detail::concat("BatchPipeline: workers must be >= 0 and prefetch >= 1, got ",
@@ -58,7 +58,7 @@ class BatchPipeline {
 
   const BatchPipelineOptions& options() const noexcept { return options_; }
   /// The sampler batches come from.
-  const GroupSampler& sampler() const noexcept { return sampler_; }
+  const BatchSampler& sampler() const noexcept { return sampler_; }
 
   /// Changes the worker count (takes effect at the next start_epoch).
   void set_workers(int64_t workers) {
@@ -239,7 +239,7 @@ class BatchPipeline {
   }
 
   BatchSpec spec_;
-  GroupSampler& sampler_;
+  BatchSampler& sampler_;
   BatchPipelineOptions options_;
   bool pin_ = false;
 

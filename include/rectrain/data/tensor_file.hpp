@@ -5,7 +5,7 @@
 // tensor storages mapped from the file rather than copied.
 
 #include <rectrain/core/atomic_file.hpp>
-#include <rectrain/core/compat.hpp>
+#include <rectrain/core/compat_unpickle.hpp>
 #include <rectrain/core/error.hpp>
 #include <rectrain/core/mapped_file.hpp>
 #include <rectrain/core/torch_archive.hpp>

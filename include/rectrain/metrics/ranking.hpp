@@ -24,6 +24,20 @@ struct GroupMetric {
 
 namespace detail {
 
+/// The mean of the values that are not NaN (users whose metric is
+/// defined), and how many there are.
+inline GroupMetric mean_of_defined(const std::vector<double>& per_user) {
+  GroupMetric result;
+  double sum = 0;
+  for (const double v : per_user)
+    if (!std::isnan(v)) {
+      sum += v;
+      ++result.users;
+    }
+  if (result.users > 0) result.value = sum / static_cast<double>(result.users);
+  return result;
+}
+
 inline torch::Tensor metric_input(const torch::Tensor& t, const char* name, int64_t n) {
   if (!t.defined() || t.dim() != 1 || (n >= 0 && t.size(0) != n))
     throw TensorError(concat(name, ": expected a 1-D tensor", n >= 0 ? concat(" of ", n, " entries") : "",
@@ -145,15 +159,7 @@ inline GroupMetric gauc(const torch::Tensor& users, const torch::Tensor& targets
       if (pairs > 0) per_user[static_cast<size_t>(g)] = correct2 / (2.0 * pairs);
     }
   });
-  GroupMetric result;
-  double sum = 0;
-  for (double v : per_user)
-    if (!std::isnan(v)) {
-      sum += v;
-      ++result.users;
-    }
-  if (result.users > 0) result.value = sum / static_cast<double>(result.users);
-  return result;
+  return detail::mean_of_defined(per_user);
 }
 
 namespace detail {
@@ -209,18 +215,11 @@ inline GroupMetric group_ndcg_at_k(const torch::Tensor& users, const torch::Tens
   const auto s = detail::metric_input(scores, "ndcg scores", -1);
   const auto r = detail::relevance_input(relevance, s.size(0));
   auto [order, bounds] = detail::group_rows(users);
-  GroupMetric result;
-  double sum = 0;
-  for (size_t g = 0; g + 1 < bounds.size(); ++g) {
-    const double v = detail::ndcg_of(s.data_ptr<double>(), r.data_ptr<double>(), order.data() + bounds[g],
-                                     bounds[g + 1] - bounds[g], k);
-    if (!std::isnan(v)) {
-      sum += v;
-      ++result.users;
-    }
-  }
-  if (result.users > 0) result.value = sum / static_cast<double>(result.users);
-  return result;
+  std::vector<double> per_user(bounds.size() - 1);
+  for (size_t g = 0; g + 1 < bounds.size(); ++g)
+    per_user[g] = detail::ndcg_of(s.data_ptr<double>(), r.data_ptr<double>(), order.data() + bounds[g],
+                                  bounds[g + 1] - bounds[g], k);
+  return detail::mean_of_defined(per_user);
 }
 
 } // namespace rectrain

@@ -9,10 +9,12 @@
 //          .add_head("like", BinaryHead(ranker->hidden_dim(), "like"));
 //   auto predictions = ranker->forward(batch);        // head -> [B, G]
 //   auto loss = ranker->loss(predictions, batch);     // scalar
+//   auto terms = ranker->loss_terms(predictions, batch);  // per head, and combined
 
 #include <rectrain/core/compat.hpp>
 #include <rectrain/core/error.hpp>
 #include <rectrain/data/batch.hpp>
+#include <rectrain/loss/loss_terms.hpp>
 #include <rectrain/loss/multi_task.hpp>
 #include <rectrain/nn/composite.hpp>
 #include <rectrain/nn/head.hpp>
@@ -83,17 +85,12 @@ class RankerImpl : public torch::nn::Cloneable<RankerImpl> {
 
   /// The shared representation [B, G, hidden_dim()].
   torch::Tensor hidden(const Batch& batch) {
-    torch::Tensor x;
-    if (user_tower->mlp->linears.empty() && item_tower->mlp->linears.empty()) {
-      // Towers that pass their features through (the recipe's): one
-      // concatenation of every feature instead of three.
-      auto parts = user_tower->feature_parts(batch.features);
-      for (auto& part : item_tower->feature_parts(batch.features)) parts.push_back(std::move(part));
-      x = torch::cat(parts, -1);
-    } else {
-      x = torch::cat({user_tower->forward(batch), item_tower->forward(batch)}, -1);
-    }
-    return mlp->forward(x, batch.mask);
+    // Both towers' outputs as parts: towers that pass their features
+    // through (the recipe's) give every feature, so one concatenation
+    // builds the MLP's input instead of three.
+    auto parts = user_tower->output_parts(batch.features, batch.mask);
+    for (auto& part : item_tower->output_parts(batch.features, batch.mask)) parts.push_back(std::move(part));
+    return mlp->forward(torch::cat(parts, -1), batch.mask);
   }
 
   /// Head name -> prediction [B, G], in the order the heads were added.
@@ -139,9 +136,17 @@ class RankerImpl : public torch::nn::Cloneable<RankerImpl> {
     return out;
   }
 
+  /// Every head's loss and their combination: what train_epoch asks of a
+  /// model (see LossTerms).
+  LossTerms loss_terms(const torch::OrderedDict<std::string, torch::Tensor>& predictions, const Batch& batch) {
+    LossTerms terms{losses(predictions, batch), {}};
+    terms.total = task_loss->forward(terms.heads);
+    return terms;
+  }
+
   /// The combined training loss.
   torch::Tensor loss(const torch::OrderedDict<std::string, torch::Tensor>& predictions, const Batch& batch) {
-    return task_loss->forward(losses(predictions, batch));
+    return loss_terms(predictions, batch).total;
   }
 
   /// The head registered as `name`, as its own type.

@@ -70,6 +70,15 @@ class TowerImpl : public torch::nn::Cloneable<TowerImpl> {
     return mlp->forward(x, mask);
   }
 
+  /// forward()'s output as parts whose concatenation it is: each feature's
+  /// output when the tower has no MLP blocks, else the MLP's output. A
+  /// model concatenating several towers builds its input in one cat.
+  std::vector<torch::Tensor> output_parts(const torch::OrderedDict<std::string, torch::Tensor>& columns,
+                                          const torch::Tensor& mask = {}) {
+    if (mlp->linears.empty()) return feature_parts(columns);
+    return {encode(columns, mask)};
+  }
+
   /// Each feature's output [..., its output_dim()], in the order added:
   /// what encode() concatenates before the MLP.
   std::vector<torch::Tensor> feature_parts(const torch::OrderedDict<std::string, torch::Tensor>& columns) {

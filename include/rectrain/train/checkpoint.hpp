@@ -18,6 +18,7 @@
 #include <rectrain/core/id_map.hpp>
 #include <rectrain/core/mapped_file.hpp>
 #include <rectrain/core/torch_archive.hpp>
+#include <rectrain/data/batch_sampler.hpp>
 
 #include <torch/torch.h>
 
@@ -59,6 +60,11 @@ class Checkpoint {
                 [&optimizer](torch::serialize::InputArchive& a) { optimizer.load(a); });
   }
   /// A sampler's progress (GroupSampler: its epoch and position).
+  Checkpoint& add(const std::string& name, BatchSampler& sampler) {
+    return bind(name, [&sampler](torch::serialize::OutputArchive& a) { sampler.save(a); },
+                [&sampler](torch::serialize::InputArchive& a) { sampler.load(a); });
+  }
+  /// A torch::data sampler's progress.
   template <typename BatchRequest>
   Checkpoint& add(const std::string& name, torch::data::samplers::Sampler<BatchRequest>& sampler) {
     return bind(name, [&sampler](torch::serialize::OutputArchive& a) { sampler.save(a); },

@@ -1,6 +1,7 @@
 #pragma once
 // One training epoch of a multi-head model (a Ranker, or any module with
-// the same forward / losses / task_loss shape) over a BatchPipeline, with
+// the same forward / loss_terms shape, see train_epoch) over a
+// BatchPipeline, with
 // the figures a trainer reports: rows/s, the share of time spent waiting for
 // data, and the mean loss of every head. A loss that stops being finite
 // stops the epoch with an error naming the head and the batch (checked
@@ -11,6 +12,7 @@
 #include <rectrain/core/crash_point.hpp>
 #include <rectrain/core/error.hpp>
 #include <rectrain/data/batch_pipeline.hpp>
+#include <rectrain/loss/loss_terms.hpp>
 
 #include <torch/torch.h>
 
@@ -59,6 +61,10 @@ struct TrainEpochOptions {
   /// device sync).
   TORCH_ARG(double, progress_seconds) = 1.0;
   TORCH_ARG(std::function<void(const EpochProgress&)>, on_progress) = nullptr;
+  /// Called after every backward pass, before clipping and the optimizer
+  /// steps, with the batch's index in the epoch: where gradients are
+  /// exchanged between processes, or inspected.
+  TORCH_ARG(std::function<void(int64_t batch)>, after_backward) = nullptr;
 };
 
 namespace detail {
@@ -80,10 +86,18 @@ inline void check_finite_losses(const torch::Tensor& sums, const std::vector<std
 } // namespace detail
 
 /// Trains `model` for one epoch: starts `epoch` in the pipeline, and for
-/// every batch runs forward, the per-head losses, their combination, the
-/// backward pass and a step of every optimizer. `model` is a module holder
-/// (Ranker) whose forward(batch) returns head -> prediction, losses(...)
-/// head -> loss and task_loss combines them.
+/// every batch runs forward, the loss terms, the backward pass of their
+/// total, options.after_backward, gradient clipping and a step of every
+/// optimizer. `model` is a module holder (a Ranker, or a TORCH_MODULE of
+/// your own) with
+///
+///   torch::OrderedDict<std::string, torch::Tensor> forward(const Batch&);
+///   LossTerms loss_terms(const torch::OrderedDict<std::string, torch::Tensor>& predictions, const Batch&);
+///
+/// forward runs under options.autocast when set; its predictions are
+/// converted to float32 before loss_terms. The optimizers together must
+/// cover every parameter that should train (a parameter in none of them
+/// keeps its gradient and never moves).
 template <typename ModelHolder>
 EpochStats train_epoch(ModelHolder& model, const std::vector<torch::optim::Optimizer*>& optimizers,
                        BatchPipeline& pipeline, int64_t epoch, const TrainEpochOptions& options = {}) {
@@ -111,9 +125,14 @@ EpochStats train_epoch(ModelHolder& model, const std::vector<torch::optim::Optim
         compat::with_autocast(batch->mask.device(), options.autocast(), [&] { return model->forward(*batch); });
     if (options.autocast())
       for (auto& p : predictions) p.value() = p.value().to(torch::kFloat32);
-    const auto losses = model->losses(predictions, *batch);
-    const auto loss = model->task_loss->forward(losses);
+    const LossTerms terms = model->loss_terms(predictions, *batch);
+    const auto& losses = terms.heads;
+    const auto& loss = terms.total;
+    if (!loss.defined() || loss.dim() != 0)
+      throw TensorError(detail::concat("train_epoch: loss_terms().total must be a scalar, got ",
+                                       detail::shape_of(loss)));
     loss.backward();
+    if (options.after_backward()) options.after_backward()(stats.batches);
     if (options.clip_grad_norm() > 0) torch::nn::utils::clip_grad_norm_(parameters, options.clip_grad_norm());
     for (auto* optimizer : optimizers) optimizer->step();
     detail::crash_point("epoch.step");

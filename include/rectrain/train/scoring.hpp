@@ -6,13 +6,29 @@
 
 #include <rectrain/core/compat.hpp>
 #include <rectrain/core/error.hpp>
-#include <rectrain/data/batch.hpp>
+#include <rectrain/data/batch_spec.hpp>
 
 #include <torch/torch.h>
 
 #include <string>
 
 namespace rectrain {
+
+/// Puts a module in eval mode for a scope and restores its train / eval
+/// mode on leaving it, by an exception too.
+class EvalModeGuard {
+ public:
+  explicit EvalModeGuard(torch::nn::Module& module) : module_(module), was_training_(module.is_training()) {
+    module_.eval();
+  }
+  EvalModeGuard(const EvalModeGuard&) = delete;
+  EvalModeGuard& operator=(const EvalModeGuard&) = delete;
+  ~EvalModeGuard() { module_.train(was_training_); }
+
+ private:
+  torch::nn::Module& module_;
+  bool was_training_;
+};
 
 struct ScoreOptions {
   /// The head whose prediction is the score.
@@ -26,7 +42,7 @@ struct ScoreOptions {
 
 /// Scores of `rows` ([N, G] int64 indices into `spec`'s rows, -1 padding)
 /// as a [N, G] float32 CPU tensor (padding scores 0). The model's train /
-/// eval mode is restored afterwards.
+/// eval mode is restored afterwards, also when scoring throws.
 template <typename ModelHolder>
 torch::Tensor score_groups(ModelHolder& model, const BatchSpec& spec, const torch::Tensor& rows,
                            const ScoreOptions& options = {}) {
@@ -36,8 +52,7 @@ torch::Tensor score_groups(ModelHolder& model, const BatchSpec& spec, const torc
   const int64_t groups = rows.size(0), g = std::max<int64_t>(1, rows.size(1));
   const int64_t chunk = std::max<int64_t>(1, options.chunk_rows() / g);
   auto out = torch::zeros({groups, rows.size(1)}, torch::kFloat32);
-  const bool was_training = model->is_training();
-  model->eval();
+  const EvalModeGuard eval_mode(*model);
   torch::NoGradGuard no_grad;
   for (int64_t first = 0; first < groups; first += chunk) {
     const auto part = rows.slice(0, first, std::min(groups, first + chunk));
@@ -52,7 +67,6 @@ torch::Tensor score_groups(ModelHolder& model, const BatchSpec& spec, const torc
     out.slice(0, first, first + part.size(0)).copy_(scores.to(torch::kCPU, torch::kFloat32).masked_fill(
         ~batch.mask.to(torch::kCPU), 0));
   }
-  model->train(was_training);
   return out;
 }
 
