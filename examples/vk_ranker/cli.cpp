@@ -21,8 +21,7 @@ namespace vk {
 namespace cli {
 namespace {
 
-using clock_type = std::chrono::steady_clock;
-using vk::seconds_since;
+using rectrain::Stopwatch;
 
 struct BaselineScores {
   std::string name;
@@ -44,12 +43,12 @@ inline void print_gauc(const std::string& name, const rectrain::Dataset& ds, con
 
 inline int run_synth(double scale, const std::string& out, uint64_t seed) {
   if (!(scale > 0 && scale <= 1)) throw rectrain::Error("synth: --scale must be in (0, 1], got " + std::to_string(scale));
-  const auto t0 = clock_type::now();
+  const Stopwatch t0;
   const auto s = rectrain::generate_synthetic(out, rectrain::SyntheticOptions::at_scale(scale).seed(seed));
   std::printf("synth: %lld users, %lld items, %lld sources, %lld interactions, %lld candidates in %s (%.1f s)\n",
               static_cast<long long>(s.users), static_cast<long long>(s.items),
               static_cast<long long>(s.sources), static_cast<long long>(s.interactions),
-              static_cast<long long>(s.candidates), out.c_str(), seconds_since(t0));
+              static_cast<long long>(s.candidates), out.c_str(), t0.seconds());
   std::printf("synth: like %.4f%%, dislike %.4f%%, share %.4f%%, bookmarks %.4f%%\n", 100 * s.like_rate,
               100 * s.dislike_rate, 100 * s.share_rate, 100 * s.bookmark_rate);
   return 0;
@@ -122,9 +121,9 @@ inline int run_als(const std::string& data, const std::string& out, const AlsSet
     throw rectrain::Error("als: need --iterations >= 1, finite --regularization >= 0, finite --alpha >= 0 and "
                           "--source-factors >= 0");
   rectrain::protect_input(data);
-  auto t0 = clock_type::now();
+  Stopwatch t0;
   const auto ds = rectrain::load_dataset(data);
-  std::printf("als: loaded %s in %.2f s\n", data.c_str(), seconds_since(t0));
+  std::printf("als: loaded %s in %.2f s\n", data.c_str(), t0.seconds());
   // Tensors of different lengths: a plain dict, not a Table.
   c10::impl::GenericDict saved(c10::StringType::get(), c10::TensorType::get());
   const auto item_fit = fit_als("user x item", rectrain::user_item_matrix(ds), s.factors, s, seed);
@@ -169,17 +168,17 @@ inline int run_demo(double scale, std::string dir, uint64_t seed) {
     dir = temp.string();
   }
   run_synth(scale, dir, seed);
-  auto t0 = clock_type::now();
+  Stopwatch t0;
   const auto ds = rectrain::load_dataset(dir);
   std::printf("load: %lld rows, %lld users, %lld items in %.2f s\n",
               static_cast<long long>(ds.num_interactions()), static_cast<long long>(ds.num_users()),
-              static_cast<long long>(ds.num_items()), seconds_since(t0));
+              static_cast<long long>(ds.num_items()), t0.seconds());
   rectrain::GroupSampler sampler(ds.interactions["user"], ds.interaction_targets(),
                                  rectrain::GroupSamplerOptions(20).batch_size(64).seed(seed));
   rectrain::BatchPipeline pipeline(rectrain::standard_batch_spec(ds), sampler,
                                    rectrain::BatchPipelineOptions().workers(2));
   for (int64_t epoch = 0; epoch < 2; ++epoch) {
-    t0 = clock_type::now();
+    t0.restart();
     pipeline.start_epoch(epoch);
     int64_t batches = 0;
     double like_sum = 0;
@@ -192,7 +191,7 @@ inline int run_demo(double scale, std::string dir, uint64_t seed) {
                 "[sample %.3f s, gather %.3f s, copy %.3f s]\n",
                 static_cast<long long>(epoch), static_cast<long long>(sampler.num_groups()),
                 static_cast<long long>(batches), static_cast<long long>(st.rows),
-                100.0 * like_sum / std::max<int64_t>(1, st.rows), st.rows / seconds_since(t0),
+                100.0 * like_sum / std::max<int64_t>(1, st.rows), st.rows / t0.seconds(),
                 st.sample_seconds, st.gather_seconds, st.copy_seconds);
   }
   for (const auto& b : score_baselines(ds, seed)) print_gauc(b.name, ds, b.scores);
@@ -361,7 +360,7 @@ int cli_main(int argc, char** argv) {
       cfg.als = !no_als;
       cfg.popularity = !no_popularity;
       cfg.hidden = vk::parse_widths(hidden, "--hidden");
-      run.seeds = vk::parse_seeds(seeds);
+      run.seeds = rectrain::parse_seed_list(seeds, "--seeds");
       cfg.validate();
       if (cfg.bf16 && vk::parse_device(run.device).is_cpu() && !rectrain::cpu_has_native_bf16() && !allow_slow_bf16)
         throw rectrain::Error(

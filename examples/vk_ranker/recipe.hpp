@@ -31,26 +31,8 @@ inline rectrain::Normalization parse_normalization(const std::string& name) {
   throw rectrain::Error("--normalization must be layernorm, batchnorm or none; got '" + name + "'");
 }
 
-/// "512,256" as widths; `what` names the flag or file in errors.
 inline std::vector<int64_t> parse_widths(const std::string& text, const std::string& what) {
-  std::vector<int64_t> out;
-  size_t start = 0;
-  while (start <= text.size()) {
-    const size_t comma = std::min(text.find(',', start), text.size());
-    const std::string part = text.substr(start, comma - start);
-    size_t used = 0;
-    long long v = 0;
-    try {
-      v = std::stoll(part, &used);
-    } catch (const std::exception&) {
-      used = 0;
-    }
-    if (part.empty() || used != part.size() || v < 1)
-      throw rectrain::Error(what + ": '" + text + "' is not a list of positive widths (e.g. 512,256)");
-    out.push_back(v);
-    start = comma + 1;
-  }
-  return out;
+  return rectrain::parse_width_list(text, what);
 }
 
 /// Everything `train` is told. 0 / empty means "choose from the data size"
@@ -328,28 +310,12 @@ inline rectrain::BatchSpec with_recipe_columns(rectrain::BatchSpec spec, const R
   return spec;
 }
 
-/// The id tables the schedule freezes.
-inline std::vector<rectrain::CategoricalFeature> id_tables(const rectrain::Ranker& model) {
-  std::vector<rectrain::CategoricalFeature> out;
-  for (auto* tower : {&model->user_tower, &model->item_tower})
-    for (const auto& column : {"user", "item", "source"})
-      if ((*tower)->features->contains(column))
-        out.emplace_back((*tower)->feature<rectrain::CategoricalFeatureImpl>(column));
-  return out;
-}
-
-/// The weights of `tables`, and every other parameter of `model`: with
-/// sparse tables the two go to different optimizers.
-inline std::pair<std::vector<torch::Tensor>, std::vector<torch::Tensor>> split_table_parameters(
-    const rectrain::Ranker& model, const std::vector<rectrain::CategoricalFeature>& tables) {
-  std::vector<torch::Tensor> table_weights, rest;
-  for (const auto& table : tables) table_weights.push_back(table->weight);
-  for (const auto& p : model->parameters()) {
-    const bool is_table = std::any_of(table_weights.begin(), table_weights.end(),
-                                      [&](const torch::Tensor& w) { return w.is_same(p); });
-    if (!is_table) rest.push_back(p);
-  }
-  return {table_weights, rest};
+/// The weights of the id tables the schedule freezes (user, item, source).
+inline std::vector<std::string> id_table_parameters(const torch::nn::Module& model) {
+  std::vector<std::string> names{"user", "item"};
+  for (const auto& path : rectrain::categorical_feature_paths(model))
+    if (path.size() >= 6 && path.compare(path.size() - 6, 6, "source") == 0) names.push_back("source");
+  return rectrain::table_parameter_names(model, names);
 }
 
 } // namespace vk

@@ -3,7 +3,6 @@
 // per seed, each with its own validation split, checkpointed every epoch.
 
 #include "recipe.hpp"
-#include "report.hpp"
 
 #include <rectrain/rectrain.hpp>
 
@@ -44,55 +43,7 @@ struct TrainRun {
 inline int64_t parse_memory_budget(const std::string& text) {
   if (text == "auto") return rectrain::available_memory_bytes();
   if (text == "none") return 0;
-  size_t used = 0;
-  double value = -1;
-  try {
-    value = std::stod(text, &used);
-  } catch (const std::exception&) {
-    used = 0;
-  }
-  std::string suffix = text.substr(used);
-  if (!suffix.empty() && (suffix.back() == 'B' || suffix.back() == 'b')) suffix.pop_back();
-  if (suffix.size() > 1 && suffix.back() == 'i') suffix.pop_back();
-  double scale = 1;
-  if (suffix == "K" || suffix == "k") scale = 1024.0;
-  else if (suffix == "M" || suffix == "m") scale = 1024.0 * 1024;
-  else if (suffix == "G" || suffix == "g") scale = 1024.0 * 1024 * 1024;
-  else if (suffix == "T" || suffix == "t") scale = 1024.0 * 1024 * 1024 * 1024;
-  else if (!suffix.empty()) used = 0;
-  if (used == 0 || !(value >= 0) || value * scale > 9.0e18)
-    throw rectrain::Error("--memory-budget: '" + text + "' is not a size (e.g. 12G, 512M), auto or none");
-  return static_cast<int64_t>(value * scale);
-}
-
-/// --seeds: distinct non-negative integers, comma-separated.
-inline std::vector<uint64_t> parse_seeds(const std::string& text) {
-  std::vector<uint64_t> seeds;
-  size_t start = 0;
-  while (start <= text.size()) {
-    const size_t comma = std::min(text.find(',', start), text.size());
-    const std::string part = text.substr(start, comma - start);
-    start = comma + 1;
-    if (part.empty() && comma == text.size() && !seeds.empty()) break;  // a trailing comma
-    size_t used = 0;
-    unsigned long long value = 0;
-    try {
-      if (!part.empty() && part[0] != '-' && part[0] != '+') value = std::stoull(part, &used);
-    } catch (const std::exception&) {
-      used = 0;
-    }
-    if (part.empty() || used != part.size())
-      throw rectrain::Error("--seeds: '" + part + "' is not a seed (a non-negative integer below 2^64)");
-    if (std::find(seeds.begin(), seeds.end(), value) != seeds.end())
-      throw rectrain::Error("--seeds: seed " + part + " is given twice (the ensemble would average a model with itself)");
-    seeds.push_back(value);
-  }
-  if (seeds.empty()) throw rectrain::Error("--seeds: no seed given");
-  return seeds;
-}
-
-inline double seconds_since(std::chrono::steady_clock::time_point t0) {
-  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  return rectrain::parse_byte_size(text, "--memory-budget");
 }
 
 /// A dataset directory, or a binary cache written by save_dataset_cache.
@@ -102,27 +53,7 @@ inline rectrain::Dataset load_data(const std::string& data, int64_t memory_budge
   return rectrain::load_dataset(data, options);
 }
 
-/// --device: cpu, cuda or cuda:N, on a LibTorch build that has it.
-inline torch::Device parse_device(const std::string& name) {
-  c10::optional<torch::Device> device;
-  try {
-    device.emplace(name);
-  } catch (const c10::Error&) {
-  }
-  if (!device || (!device->is_cpu() && !device->is_cuda()))
-    throw rectrain::Error("--device: '" + name + "' is not a device rectrain runs on; use cpu, cuda or cuda:N");
-  if (device->is_cuda()) {
-    if (!torch::cuda::is_available())
-      throw rectrain::Error("--device " + name +
-                            ": this LibTorch has no CUDA support or sees no GPU (torch::cuda::is_available() is "
-                            "false); use --device cpu, or a CUDA build of LibTorch");
-    const int64_t count = static_cast<int64_t>(torch::cuda::device_count());
-    if (device->has_index() && device->index() >= count)
-      throw rectrain::Error(rectrain::detail::concat("--device ", name, ": this machine has ", count,
-                                                     " CUDA device(s), numbered from 0"));
-  }
-  return *device;
-}
+inline torch::Device parse_device(const std::string& name) { return rectrain::parse_device(name, "--device"); }
 
 /// The files `train` writes into --out (its "outputs").
 inline bool is_run_output(const std::string& name) {
@@ -145,12 +76,6 @@ inline bool seed_of_file(const std::string& name, uint64_t& seed) {
   return true;
 }
 
-inline std::string join(const std::vector<std::string>& names) {
-  std::string out;
-  for (const auto& n : names) out += (out.empty() ? "" : ",") + n;
-  return out;
-}
-
 /// Checks what --out holds before a run writes there (the caller holds its
 /// lock): a fresh run refuses another run's outputs unless --overwrite,
 /// which removes them; --resume refuses the files of seeds it does not
@@ -167,7 +92,7 @@ inline void prepare_output_directory(const TrainRun& run) {
   if (!run.resume) {
     if (!run.overwrite)
       throw rectrain::Error("--out " + run.out + " already holds the outputs of another run (" +
-                            rectrain::detail::join_names(outputs) +
+                            rectrain::join(outputs, ", ") +
                             "); --resume continues that run, --overwrite replaces it, or choose another --out");
     for (const auto& name : outputs) fs::remove(fs::path(run.out) / name);
     std::printf("train: --overwrite: removed %zu files of an earlier run from %s\n", outputs.size(), run.out.c_str());
@@ -179,27 +104,13 @@ inline void prepare_output_directory(const TrainRun& run) {
       std::vector<std::string> seeds;
       for (const auto s : run.seeds) seeds.push_back(std::to_string(s));
       throw rectrain::Error("--resume: " + run.out + " holds " + name + ", from a seed this run does not train (--seeds " +
-                            join(seeds) + "); resume with the earlier run's --seeds, or start afresh with --overwrite");
+                            rectrain::join(seeds) + "); resume with the earlier run's --seeds, or start afresh with --overwrite");
     }
   }
 }
 
 inline std::string seed_file(const std::string& out, const char* stem, uint64_t seed) {
   return (std::filesystem::path(out) / (std::string(stem) + "-seed" + std::to_string(seed) + ".pt")).string();
-}
-
-inline std::vector<std::string> split(const std::string& s, char separator = ',') {
-  std::vector<std::string> out;
-  std::string part;
-  for (const char c : s + separator) {
-    if (c != separator) {
-      part += c;
-    } else if (!part.empty()) {
-      out.push_back(part);
-      part.clear();
-    }
-  }
-  return out;
 }
 
 /// A trained model as `predict` needs it: the settings and heads it was
@@ -238,9 +149,10 @@ struct ModelFile {
   void check(const rectrain::Dataset& ds, const std::string& path) const {
     const int64_t dim = shape().embedding_dim;
     if (dim != ds.embedding_dim())
-      throw rectrain::Error(rectrain::detail::concat(
-          path, ": the model reads ", dim, "-wide item content vectors (items emb_0..emb_", dim - 1, "), but ",
-          "this dataset's items have ", ds.embedding_dim(), "; score data with the training data's columns"));
+      throw rectrain::Error(path + ": the model reads " + std::to_string(dim) +
+                            "-wide item content vectors (items emb_0..emb_" + std::to_string(dim - 1) +
+                            "), but this dataset's items have " + std::to_string(ds.embedding_dim()) +
+                            "; score data with the training data's columns");
   }
 };
 
@@ -290,7 +202,8 @@ struct SeedScores {
 };
 
 inline SeedScores train_seed(rectrain::Dataset ds, const torch::Tensor& all_views, const TrainRun& run, uint64_t seed,
-                             const std::string& data, std::vector<std::string>& log, int64_t& epoch_budget) {
+                             const std::string& data, std::vector<std::string>& log,
+                             std::vector<rectrain::EpochRecord>& records, int64_t& epoch_budget) {
   using namespace rectrain;
   const torch::Device device = parse_device(run.device);
   RecipeConfig cfg = run.config;
@@ -313,10 +226,10 @@ inline SeedScores train_seed(rectrain::Dataset ds, const torch::Tensor& all_view
   const auto valid_users = valid.interactions["user"];
   const auto valid_targets = valid.interaction_targets();
   if (scorable_users(valid_users, valid_targets) == 0)
-    throw Error(rectrain::detail::concat("validation: none of the ", holdout.valid_users.numel(),
-                               " held-out users has two different targets (like, neutral, dislike) in their last ",
-                               cfg.group_size, " views, so validation GAUC is undefined; raise --holdout-fraction "
-                               "or --holdout-users, or check the like and dislike columns"));
+    throw Error("validation: none of the " + std::to_string(holdout.valid_users.numel()) +
+                " held-out users has two different targets (like, neutral, dislike) in their last " +
+                std::to_string(cfg.group_size) + " views, so validation GAUC is undefined; raise --holdout-fraction "
+                "or --holdout-users, or check the like and dislike columns");
   Dataset train = std::move(ds);
   train.interactions = train.interactions.select(holdout.train_rows);
   holdout.train_rows = torch::Tensor();
@@ -328,11 +241,11 @@ inline SeedScores train_seed(rectrain::Dataset ds, const torch::Tensor& all_view
     groups = count.num_groups();
   }
   if (groups == 0)
-    throw Error(rectrain::detail::concat(
-        "no training groups: a group is --group-size ", cfg.group_size, " views of one user with two different targets "
-        "(like > neutral > dislike), and the ", train.num_interactions(), " training rows have none (",
-        (targets == targets[0]).all().item<bool>() ? "every target is the same" : "no user's views mix targets",
-        "); the target head would learn nothing; lower --group-size or check the like and dislike columns"));
+    throw Error("no training groups: a group is --group-size " + std::to_string(cfg.group_size) +
+                " views of one user with two different targets (like > neutral > dislike), and the " +
+                std::to_string(train.num_interactions()) + " training rows have none (" +
+                ((targets == targets[0]).all().item<bool>() ? "every target is the same" : "no user's views mix targets") +
+                "); the target head would learn nothing; lower --group-size or check the like and dislike columns");
   cfg.adapt_to(train, groups);
   std::vector<std::string> unused;
   const auto signals = known_signals(train, cfg.extra_heads, &unused);
@@ -342,14 +255,14 @@ inline SeedScores train_seed(rectrain::Dataset ds, const torch::Tensor& all_view
               static_cast<unsigned long long>(seed), static_cast<long long>(train.num_interactions()),
               static_cast<long long>(groups), static_cast<long long>(cfg.group_size),
               static_cast<long long>(cfg.batch_groups), static_cast<long long>(cfg.group_size),
-              static_cast<long long>(holdout.valid_users.numel()), join(signals).c_str());
+              static_cast<long long>(holdout.valid_users.numel()), rectrain::join(signals).c_str());
   const auto& standard = standard_signals();
   std::vector<std::string> unused_extras;
   for (const auto& name : unused)
     if (std::find(standard.begin(), standard.end(), name) == standard.end()) unused_extras.push_back(name);
   if (!unused_extras.empty())
     std::printf("seed %llu: interaction column(s) %s not used (--extra-heads trains a head on each that varies)\n",
-                static_cast<unsigned long long>(seed), join(unused_extras).c_str());
+                static_cast<unsigned long long>(seed), rectrain::join(unused_extras).c_str());
   std::fflush(stdout);
 
   torch::manual_seed(seed);
@@ -376,7 +289,7 @@ inline SeedScores train_seed(rectrain::Dataset ds, const torch::Tensor& all_view
   } else if (cfg.als) {
     // Before the sampler and the pipeline exist: ALS's matrices are the
     // largest temporaries of the run.
-    const auto t0 = std::chrono::steady_clock::now();
+    const Stopwatch als_time;
     auto options = ImplicitAlsOptions(cfg.item_factors)
                              .iterations(cfg.als_iterations)
                              .regularization(cfg.als_regularization)
@@ -387,27 +300,23 @@ inline SeedScores train_seed(rectrain::Dataset ds, const torch::Tensor& all_view
     if (cfg.source_factors > 0) {
       const auto sources = fit_implicit_als(user_source_matrix(train), options.factors(cfg.source_factors).seed(seed + 1));
       user_parts.push_back(sources.user);
-      model->item_tower->feature<CategoricalFeatureImpl>("source")->set_weight(embedding_table(sources.item));
+      set_table(*model, "source", embedding_table(sources.item));
     }
-    model->user_tower->feature<CategoricalFeatureImpl>("user")->set_weight(embedding_table(user_parts));
-    model->item_tower->feature<CategoricalFeatureImpl>("item")->set_weight(embedding_table(items.item));
+    set_table(*model, "user", embedding_table(user_parts));
+    set_table(*model, "item", embedding_table(items.item));
     std::printf("seed %llu: ALS init (%lld + %lld factors) in %.1f s\n", static_cast<unsigned long long>(seed),
                 static_cast<long long>(cfg.item_factors), static_cast<long long>(cfg.source_factors),
-                seconds_since(t0));
+                als_time.seconds());
     std::fflush(stdout);
   }
 
   // Sparse tables: SparseAdam for them, Adam for the rest (LibTorch's Adam
   // takes no sparse gradients). "adam": one Adam for everything.
-  const auto tables = id_tables(model);
-  const auto adam_options = torch::optim::AdamOptions(cfg.lr).weight_decay(cfg.weight_decay);
-  std::vector<torch::Tensor> table_weights, other_weights = model->parameters();
-  if (cfg.table_update != "adam") std::tie(table_weights, other_weights) = split_table_parameters(model, tables);
-  torch::optim::Adam adam(other_weights, adam_options);
-  SparseAdam table_adam(table_weights, adam_options,
-                        cfg.table_update == "lazy" ? SparseAdamRows::Touched : SparseAdamRows::All);
-  std::vector<torch::optim::Optimizer*> optimizers{&adam};
-  if (!table_weights.empty()) optimizers.push_back(&table_adam);
+  const auto tables = id_table_parameters(*model);
+  TableOptimizers optimizers(*model, tables, torch::optim::AdamOptions(cfg.lr).weight_decay(cfg.weight_decay),
+                             parse_table_update(cfg.table_update));
+  const PhaseSchedule schedule(cfg.frozen_epochs, cfg.unfrozen_epochs,
+                               cfg.freeze ? tables : std::vector<std::string>{});
   GroupSampler sampler(train.interactions["user"], targets,
                        GroupSamplerOptions(cfg.group_size).batch_size(cfg.batch_groups).seed(seed));
   BatchPipeline pipeline(with_recipe_columns(standard_batch_spec(train), cfg, train_views, train.interactions["item"]),
@@ -415,8 +324,8 @@ inline SeedScores train_seed(rectrain::Dataset ds, const torch::Tensor& all_view
   int64_t epochs_done = 0;
   auto cpu_rng = at::globalContext().defaultGenerator(torch::kCPU);
   Checkpoint state;
-  state.add("config", config_text).add("data", data_text).add("model", *model).add("adam", adam);
-  if (!table_weights.empty()) state.add("table_adam", table_adam);
+  state.add("config", config_text).add("data", data_text).add("model", *model);
+  optimizers.bind(state);
   state.add("sampler", sampler);
   state.add("rng", cpu_rng).add("epochs_done", epochs_done).add("history", history);
   at::Generator cuda_rng;
@@ -429,7 +338,10 @@ inline SeedScores train_seed(rectrain::Dataset ds, const torch::Tensor& all_view
     std::printf("seed %llu: resumed from %s after epoch %lld\n", static_cast<unsigned long long>(seed),
                 checkpoint.c_str(), static_cast<long long>(epochs_done));
   }
-  for (const auto& line : split(history, '\n')) log.push_back(line);
+  for (const auto& line : rectrain::split_list(history, '\n')) {
+    log.push_back(line);
+    records.push_back(EpochRecord::from_json(line, checkpoint));
+  }
 
   const auto valid_spec = with_recipe_columns(standard_batch_spec(valid), cfg, train_views, valid.interactions["item"]);
   ScoreOptions score_options;
@@ -447,34 +359,29 @@ inline SeedScores train_seed(rectrain::Dataset ds, const torch::Tensor& all_view
   for (int64_t epoch = epochs_done; epoch < cfg.epochs(); ++epoch) {
     if (epoch_budget == 0) return {};  // scores undefined: stopped
     --epoch_budget;
-    const bool frozen = cfg.frozen_in(epoch);
-    for (auto table : tables) frozen ? table->freeze() : table->unfreeze();
+    const bool frozen = schedule.apply(*model, epoch);
     epoch_options.on_progress([&](const EpochProgress& p) { progress.show(seed, p, frozen); });
-    const auto stats = train_epoch(model, optimizers, pipeline, epoch, epoch_options);
+    EpochRecord record;
+    record.seed = seed;
+    record.frozen = frozen;
+    record.stats = train_epoch(model, optimizers.all(), pipeline, epoch, epoch_options);
+    const auto& stats = record.stats;
     progress.clear();
     // The step's matrix products at the rate the epoch ran, beside plain
     // torch::mm on the same shapes (and type) now: the share of the
     // GEMM-bound rate.
     const int64_t batch_rows = cfg.batch_groups * cfg.group_size;
     const auto products = training_matmuls(model, batch_rows);
-    const double model_gflops = matmul_flops(products) / static_cast<double>(batch_rows) * stats.rows_per_second() / 1e9;
-    const double mm_gflops = matmul_gflops(products, device, 5, cfg.bf16 ? torch::kBFloat16 : torch::kFloat);
+    record.model_gflops = matmul_flops(products) / static_cast<double>(batch_rows) * stats.rows_per_second() / 1e9;
+    record.mm_gflops = matmul_gflops(products, device, 5, cfg.bf16 ? torch::kBFloat16 : torch::kFloat);
     const auto scores = score_groups(model, valid_spec, valid_rows, score_options).reshape(-1);
-    const auto valid_metric = gauc(valid_users, valid_targets, scores);
-    JsonLine line;
-    line.add("seed", static_cast<int64_t>(seed)).add("epoch", epoch).add("frozen", frozen).add("loss", stats.loss);
-    for (const auto& [head, value] : stats.head_losses) line.add("loss_" + head, value);
-    line.add("valid_gauc", valid_metric.value)
-        .add("valid_users", valid_metric.users)
-        .add("rows", stats.rows)
-        .add("batches", stats.batches)
-        .add("seconds", stats.seconds)
-        .add("rows_per_second", stats.rows_per_second())
-        .add("data_wait_share", stats.data_wait_share())
-        .add("model_gflops", model_gflops)
-        .add("mm_gflops", mm_gflops);
-    history += line.str() + "\n";
-    log.push_back(line.str());
+    record.validation = gauc(valid_users, valid_targets, scores);
+    const auto& valid_metric = record.validation;
+    const double model_gflops = record.model_gflops, mm_gflops = record.mm_gflops;
+    const std::string line = record.to_json();
+    history += line + "\n";
+    log.push_back(line);
+    records.push_back(record);
     std::printf("seed %llu epoch %lld%s: loss %.5f, valid GAUC %.6f (%lld users), %.0f rows/s, data wait %.1f%%, "
                 "model %.1f GFLOP/s = %.0f%% of torch::mm's %.1f, %.1f s\n",
                 static_cast<unsigned long long>(seed), static_cast<long long>(epoch), frozen ? " (frozen)" : "",
@@ -483,54 +390,30 @@ inline SeedScores train_seed(rectrain::Dataset ds, const torch::Tensor& all_view
     std::fflush(stdout);
     epochs_done = epoch + 1;
     state.save(checkpoint);
-    write_lines((std::filesystem::path(run.out) / "metrics.jsonl").string(), log);
+    write_lines_atomically((std::filesystem::path(run.out) / "metrics.jsonl").string(), log);
   }
   // The score scale on the validation rows: fixed with the model, so a
   // pair's ensemble score does not depend on the other candidates.
   const auto scale = ScoreScale::of(score_groups(model, valid_spec, valid_rows, score_options).reshape(-1));
-  ModelFile file{config_text, join(signals), ModelFile::schema_of(train), data, Vocabulary::of(train), scale};
+  ModelFile file{config_text, rectrain::join(signals), ModelFile::schema_of(train), data, Vocabulary::of(train), scale};
   auto saved = file.header();
   saved.add("model", *model);
   saved.save(seed_file(run.out, "model", seed));
   return {score_candidates(model, train, all_views, device, cfg, Vocabulary::of(train)), scale};
 }
 
-/// The value of `"key":` in a flat JSON line written by JsonLine (NaN when
-/// absent or null).
-inline double json_number(const std::string& line, const std::string& key) {
-  const auto at = line.find("\"" + key + "\":");
-  if (at == std::string::npos) return std::nan("");
-  const char* start = line.c_str() + at + key.size() + 3;
-  char* end = nullptr;
-  const double v = std::strtod(start, &end);
-  return end == start ? std::nan("") : v;
-}
-
-/// The whole run's speed from its metrics lines: the FLOPs of every
-/// epoch's products over the epochs' seconds, and the share of torch::mm's
-/// rate that is (the seconds mm needs for those products, measured after
-/// each epoch, over the seconds the epochs took).
-inline void print_speed_summary(const std::vector<std::string>& log) {
-  double seconds = 0, gflop = 0, mm_seconds = 0;
-  int64_t epochs = 0;
-  for (const auto& line : log) {
-    const double s = json_number(line, "seconds"), model = json_number(line, "model_gflops"),
-                 mm = json_number(line, "mm_gflops");
-    if (!(s > 0) || !(model > 0) || !(mm > 0)) continue;
-    seconds += s;
-    gflop += model * s;
-    mm_seconds += model * s / mm;
-    ++epochs;
-  }
-  if (epochs == 0) return;
+/// The whole run's speed from its epoch records.
+inline void print_speed_summary(const std::vector<rectrain::EpochRecord>& records) {
+  const auto speed = rectrain::run_speed(records);
+  if (speed.epochs == 0) return;
   std::printf("training: %lld epochs in %s, model %.1f GFLOP/s = %.0f%% of torch::mm's rate on the same products\n",
-              static_cast<long long>(epochs), ProgressLine::duration(seconds).c_str(), gflop / seconds,
-              100 * mm_seconds / seconds);
+              static_cast<long long>(speed.epochs), rectrain::ProgressLine::duration(speed.seconds).c_str(),
+              speed.gflops, 100 * speed.mm_share);
 }
 
 inline int run_train(const TrainRun& run) {
   using namespace rectrain;
-  const auto t0 = std::chrono::steady_clock::now();
+  const Stopwatch t0;
   parse_device(run.device);
   std::printf("rectrain-vk train: rectrain %s, LibTorch %d.%d, %d threads, device %s\n", version_string,
               TORCH_VERSION_MAJOR, TORCH_VERSION_MINOR, at::get_num_threads(), run.device.c_str());
@@ -543,12 +426,13 @@ inline int run_train(const TrainRun& run) {
   std::printf("data: %lld interactions, %lld users, %lld items, %lld sources, %lld candidates (%.1f s)\n",
               static_cast<long long>(loaded.num_interactions()), static_cast<long long>(loaded.num_users()),
               static_cast<long long>(loaded.num_items()), static_cast<long long>(loaded.num_sources()),
-              static_cast<long long>(loaded.candidates.num_rows()), seconds_since(t0));
+              static_cast<long long>(loaded.candidates.num_rows()), t0.seconds());
   if (loaded.candidates.contains("target") &&
       scorable_users(loaded.candidates["user_id"], loaded.candidates["target"]) == 0)
     throw Error(run.data + ": candidates have a target column, but no user has two different targets in it, so "
                 "their GAUC is undefined; drop the target column to only write predictions");
   std::vector<std::string> log;
+  std::vector<EpochRecord> records;
   std::vector<torch::Tensor> scores;
   std::vector<ScoreScale> scales;
   int64_t epoch_budget = run.stop_after > 0 ? run.stop_after : -1;
@@ -568,7 +452,7 @@ inline int run_train(const TrainRun& run) {
         throw Error(run.data + " changed while this run used it (read again for seed " + std::to_string(seed) +
                     "):\n" + changed + "rerun once nothing writes to it");
     }
-    auto result = train_seed(std::move(ds), all_views, run, seed, data, log, epoch_budget);
+    auto result = train_seed(std::move(ds), all_views, run, seed, data, log, records, epoch_budget);
     scores.push_back(result.scores);
     scales.push_back(result.scale);
     if (!scores.back().defined()) {
@@ -578,14 +462,10 @@ inline int run_train(const TrainRun& run) {
     }
     if (run.seeds.size() > 1) print_candidate_gauc(("seed " + std::to_string(seed)).c_str(), meta, scores.back());
   }
-  write_lines((std::filesystem::path(run.out) / "metrics.jsonl").string(), log);
-  print_speed_summary(log);
-  std::vector<CurvePoint> curve;
-  for (const auto& line : log)
-    curve.push_back({static_cast<uint64_t>(json_number(line, "seed")), static_cast<int64_t>(json_number(line, "epoch")),
-                     json_number(line, "loss"), json_number(line, "valid_gauc")});
+  write_lines_atomically((std::filesystem::path(run.out) / "metrics.jsonl").string(), log);
+  print_speed_summary(records);
   const auto png = (std::filesystem::path(run.out) / "learning_curve.png").string();
-  if (plot_learning_curve(png, curve)) std::printf("plot: %s\n", png.c_str());
+  if (plot_learning_curve(png, records)) std::printf("plot: %s\n", png.c_str());
   if (meta.candidates.num_rows() > 0) {
     const auto ensemble = ensemble_scores(scores, scales);
     const auto path = (std::filesystem::path(run.out) / "predictions.csv").string();
@@ -593,7 +473,7 @@ inline int run_train(const TrainRun& run) {
     print_candidate_gauc(run.seeds.size() > 1 ? "ensemble" : "model", meta, ensemble);
     std::printf("wrote %s\n", path.c_str());
   }
-  std::printf("train: done in %s\n", ProgressLine::duration(seconds_since(t0)).c_str());
+  std::printf("train: done in %s\n", ProgressLine::duration(t0.seconds()).c_str());
   return 0;
 }
 
@@ -632,7 +512,7 @@ inline int run_predict(const std::string& data, const std::vector<std::string>& 
     file.header().load(path);
     file.check(ds, path);
     const auto cfg = RecipeConfig::from_text(file.config, path);
-    auto model = build_model(file.shape(), cfg, split(file.signals));
+    auto model = build_model(file.shape(), cfg, rectrain::split_list(file.signals));
     Checkpoint weights;
     weights.add("model", *model);
     weights.load(path);
@@ -642,8 +522,8 @@ inline int run_predict(const std::string& data, const std::vector<std::string>& 
     const int64_t new_users = rows - user_known.sum().item<int64_t>();
     const int64_t new_items = rows - item_known.sum().item<int64_t>();
     if (!(user_known | item_known).any().item<bool>())
-      throw Error(rectrain::detail::concat("predict: ", path, " knows none of the users and none of the items of the ", rows,
-                                 " candidates in ", data, ": it was trained on other data"));
+      throw Error("predict: " + path + " knows none of the users and none of the items of the " +
+                  std::to_string(rows) + " candidates in " + data + ": it was trained on other data");
     std::printf("predict: %s: %lld candidates, %lld with a user and %lld with an item the model never saw (scored "
                 "with its out-of-vocabulary rows)\n",
                 path.c_str(), static_cast<long long>(rows), static_cast<long long>(new_users),

@@ -10,13 +10,16 @@
 #include <rectrain/core/compat.hpp>
 #include <rectrain/core/compat_unpickle.hpp>
 #include <rectrain/core/crash_point.hpp>
+#include <rectrain/core/device.hpp>
 #include <rectrain/core/directory_lock.hpp>
 #include <rectrain/core/error.hpp>
 #include <rectrain/core/file_identity.hpp>
 #include <rectrain/core/huge_pages.hpp>
 #include <rectrain/core/id_map.hpp>
 #include <rectrain/core/memory_reuse.hpp>
+#include <rectrain/core/parse.hpp>
 #include <rectrain/core/random.hpp>
+#include <rectrain/core/stopwatch.hpp>
 #include <rectrain/core/text.hpp>
 #include <rectrain/core/version.hpp>
 #include <rectrain/data/batch.hpp>
@@ -35,6 +38,7 @@
 #include <rectrain/data/table.hpp>
 #include <rectrain/data/tensor_file.hpp>
 #include <rectrain/data/vocabulary.hpp>
+#include <rectrain/loss/loss_terms.hpp>
 #include <rectrain/loss/multi_task.hpp>
 #include <rectrain/loss/ranking.hpp>
 #include <rectrain/metrics/baselines.hpp>
@@ -48,6 +52,7 @@
 #include <rectrain/nn/freezing.hpp>
 #include <rectrain/nn/fused_block.hpp>
 #include <rectrain/nn/head.hpp>
+#include <rectrain/nn/id_tables.hpp>
 #include <rectrain/nn/mlp.hpp>
 #include <rectrain/nn/numeric_feature.hpp>
 #include <rectrain/nn/ranker.hpp>
@@ -58,7 +63,12 @@
 #include <rectrain/train/checkpoint.hpp>
 #include <rectrain/train/ensemble.hpp>
 #include <rectrain/train/epoch.hpp>
+#include <rectrain/train/epoch_record.hpp>
 #include <rectrain/train/holdout.hpp>
+#include <rectrain/train/learning_curve.hpp>
 #include <rectrain/train/matmul_flops.hpp>
+#include <rectrain/train/phase_schedule.hpp>
+#include <rectrain/train/progress_line.hpp>
 #include <rectrain/train/scoring.hpp>
 #include <rectrain/train/sparse_adam.hpp>
+#include <rectrain/train/table_optimizers.hpp>

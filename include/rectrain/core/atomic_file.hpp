@@ -268,4 +268,11 @@ inline void write_directory_atomically(const std::string& dir, const std::functi
   if (durable_writes()) detail::fsync_path(target.has_parent_path() ? target.parent_path().string() : ".", true);
 }
 
+/// Writes `lines`, each followed by a newline, as `path`, atomically.
+inline void write_lines_atomically(const std::string& path, const std::vector<std::string>& lines) {
+  write_stream_atomically(path, [&](std::ostream& out) {
+    for (const auto& line : lines) out << line << '\n';
+  });
+}
+
 } // namespace rectrain

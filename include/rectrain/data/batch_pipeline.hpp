@@ -6,6 +6,7 @@
 // batches come out in the sampler's order whatever the worker count. Each stage's cost is measured.
 
 #include <rectrain/core/error.hpp>
+#include <rectrain/core/stopwatch.hpp>
 #include <rectrain/data/batch_spec.hpp>
 #include <rectrain/data/batch_sampler.hpp>
 
@@ -75,13 +76,13 @@ class BatchPipeline {
 
   /// The next batch on the device, or nullopt at the end of the epoch.
   compat::optional<Batch> next() {
-    const auto t0 = clock::now();
+    const Stopwatch t0;
     if (options_.workers() == 0) {
       if (!started_) start();
       auto work = take_work();
       if (!work) return compat::nullopt;
       auto batch = produce(*work);
-      stats_.wait_seconds += seconds_since(t0);
+      stats_.wait_seconds += t0.seconds();
       return batch;
     }
     if (!started_) start();
@@ -96,7 +97,7 @@ class BatchPipeline {
       stop();
       std::rethrow_exception(e);
     }
-    stats_.wait_seconds += seconds_since(t0);
+    stats_.wait_seconds += t0.seconds();
     auto it = ready_.find(next_out_);
     if (it == ready_.end()) return compat::nullopt;
     Batch batch = std::move(it->second);
@@ -120,14 +121,14 @@ class BatchPipeline {
     for (int64_t w = 1; w <= std::max<int64_t>(1, max_workers); ++w) {
       set_workers(w);
       start_epoch(epoch);
-      const auto t0 = clock::now();
+      const Stopwatch t0;
       int64_t rows = 0;
       for (int64_t b = 0; b < batches; ++b) {
         auto batch = next();
         if (!batch) break;
         rows += batch->rows.numel();
       }
-      rate.push_back(static_cast<double>(rows) / std::max(1e-9, seconds_since(t0)));
+      rate.push_back(static_cast<double>(rows) / std::max(1e-9, t0.seconds()));
       stop();
     }
     const double best = *std::max_element(rate.begin(), rate.end());
@@ -165,9 +166,6 @@ class BatchPipeline {
     torch::Tensor rows;
   };
 
-  static double seconds_since(clock::time_point t0) {
-    return std::chrono::duration<double>(clock::now() - t0).count();
-  }
 
   void start() {
     std::lock_guard<std::mutex> lock(mutex_);
@@ -184,9 +182,9 @@ class BatchPipeline {
   compat::optional<Work> take_work() {
     std::unique_lock<std::mutex> lock(sample_mutex_);
     if (exhausted_) return compat::nullopt;
-    const auto t0 = clock::now();
+    const Stopwatch t0;
     auto rows = sampler_.next_batch();
-    const double dt = seconds_since(t0);
+    const double dt = t0.seconds();
     std::lock_guard<std::mutex> guard(mutex_);
     stats_.sample_seconds += dt;
     if (!rows) {
@@ -198,12 +196,12 @@ class BatchPipeline {
   }
 
   Batch produce(const Work& work) {
-    auto t0 = clock::now();
+    Stopwatch t0;
     Batch batch = spec_.gather(work.rows, pin_);
-    const double gather = seconds_since(t0);
-    t0 = clock::now();
+    const double gather = t0.seconds();
+    t0.restart();
     if (batch.rows.device() != options_.device()) batch = batch.to(options_.device(), /*non_blocking=*/pin_);
-    const double copy = seconds_since(t0);
+    const double copy = t0.seconds();
     const int64_t rows = batch.mask.sum().item<int64_t>();
     std::lock_guard<std::mutex> lock(mutex_);
     stats_.gather_seconds += gather;

@@ -11,6 +11,7 @@
 #include <rectrain/core/compat.hpp>
 #include <rectrain/core/crash_point.hpp>
 #include <rectrain/core/error.hpp>
+#include <rectrain/core/stopwatch.hpp>
 #include <rectrain/data/batch_pipeline.hpp>
 #include <rectrain/loss/loss_terms.hpp>
 
@@ -101,12 +102,11 @@ inline void check_finite_losses(const torch::Tensor& sums, const std::vector<std
 template <typename ModelHolder>
 EpochStats train_epoch(ModelHolder& model, const std::vector<torch::optim::Optimizer*>& optimizers,
                        BatchPipeline& pipeline, int64_t epoch, const TrainEpochOptions& options = {}) {
-  using clock = std::chrono::steady_clock;
   if (optimizers.empty()) throw Error("train_epoch: no optimizer given");
   model->train();
   pipeline.start_epoch(epoch);
-  const auto t0 = clock::now();
-  const auto elapsed = [&] { return std::chrono::duration<double>(clock::now() - t0).count(); };
+  const Stopwatch clock;
+  const auto elapsed = [&clock] { return clock.seconds(); };
   EpochStats stats;
   stats.epoch = epoch;
   std::vector<std::string> names;

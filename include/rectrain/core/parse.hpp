@@ -1,0 +1,111 @@
+#pragma once
+// Reading a trainer's settings from text (command-line flags, key=value
+// files), with errors that name the setting: comma-separated lists, seeds,
+// widths and byte sizes.
+
+#include <rectrain/core/error.hpp>
+
+#include <algorithm>
+#include <cstdint>
+#include <exception>
+#include <string>
+#include <vector>
+
+namespace rectrain {
+
+/// The non-empty parts of `text` between `separator`s.
+inline std::vector<std::string> split_list(const std::string& text, char separator = ',') {
+  std::vector<std::string> out;
+  std::string part;
+  for (const char c : text + separator) {
+    if (c != separator) {
+      part += c;
+    } else if (!part.empty()) {
+      out.push_back(part);
+      part.clear();
+    }
+  }
+  return out;
+}
+
+/// `parts` joined by `separator`.
+inline std::string join(const std::vector<std::string>& parts, const std::string& separator = ",") {
+  std::string out;
+  for (size_t i = 0; i < parts.size(); ++i) out += (i ? separator : "") + parts[i];
+  return out;
+}
+
+/// Distinct non-negative integers below 2^64, comma-separated (a trailing
+/// comma is allowed): seeds, say. `what` names the setting in errors.
+inline std::vector<uint64_t> parse_seed_list(const std::string& text, const std::string& what) {
+  std::vector<uint64_t> seeds;
+  size_t start = 0;
+  while (start <= text.size()) {
+    const size_t comma = std::min(text.find(',', start), text.size());
+    const std::string part = text.substr(start, comma - start);
+    start = comma + 1;
+    if (part.empty() && comma == text.size() && !seeds.empty()) break;  // a trailing comma
+    size_t used = 0;
+    unsigned long long value = 0;
+    try {
+      if (!part.empty() && part[0] != '-' && part[0] != '+') value = std::stoull(part, &used);
+    } catch (const std::exception&) {
+      used = 0;
+    }
+    if (part.empty() || used != part.size())
+      throw Error(what + ": '" + part + "' is not a seed (a non-negative integer below 2^64)");
+    if (std::find(seeds.begin(), seeds.end(), value) != seeds.end())
+      throw Error(what + ": seed " + part + " is given twice (the ensemble would average a model with itself)");
+    seeds.push_back(value);
+  }
+  if (seeds.empty()) throw Error(what + ": no seed given");
+  return seeds;
+}
+
+/// "512,256" as positive widths.
+inline std::vector<int64_t> parse_width_list(const std::string& text, const std::string& what) {
+  std::vector<int64_t> out;
+  size_t start = 0;
+  while (start <= text.size()) {
+    const size_t comma = std::min(text.find(',', start), text.size());
+    const std::string part = text.substr(start, comma - start);
+    size_t used = 0;
+    long long v = 0;
+    try {
+      v = std::stoll(part, &used);
+    } catch (const std::exception&) {
+      used = 0;
+    }
+    if (part.empty() || used != part.size() || v < 1)
+      throw Error(what + ": '" + text + "' is not a list of positive widths (e.g. 512,256)");
+    out.push_back(v);
+    start = comma + 1;
+  }
+  return out;
+}
+
+/// A size in bytes with an optional binary suffix (K, M, G, T, also KiB,
+/// MB, ...): "512M", "12G", "1.5T", "4096".
+inline int64_t parse_byte_size(const std::string& text, const std::string& what) {
+  size_t used = 0;
+  double value = -1;
+  try {
+    value = std::stod(text, &used);
+  } catch (const std::exception&) {
+    used = 0;
+  }
+  std::string suffix = text.substr(used);
+  if (!suffix.empty() && (suffix.back() == 'B' || suffix.back() == 'b')) suffix.pop_back();
+  if (suffix.size() > 1 && suffix.back() == 'i') suffix.pop_back();
+  double scale = 1;
+  if (suffix == "K" || suffix == "k") scale = 1024.0;
+  else if (suffix == "M" || suffix == "m") scale = 1024.0 * 1024;
+  else if (suffix == "G" || suffix == "g") scale = 1024.0 * 1024 * 1024;
+  else if (suffix == "T" || suffix == "t") scale = 1024.0 * 1024 * 1024 * 1024;
+  else if (!suffix.empty()) used = 0;
+  if (used == 0 || !(value >= 0) || value * scale > 9.0e18)
+    throw Error(what + ": '" + text + "' is not a size (e.g. 12G, 512M)");
+  return static_cast<int64_t>(value * scale);
+}
+
+} // namespace rectrain
