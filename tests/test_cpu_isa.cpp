@@ -228,11 +228,14 @@ TEST_CASE("CPU ISA: the fused ReLU/LayerNorm/dropout block agrees at every level
 TEST_CASE("CPU ISA: SparseAdam's fused pass agrees at every level", "[cpu_isa][train]") {
   torch::manual_seed(25);
   // With weight decay Adam's moments, without it the scaled ones.
-  for (const auto [width, decay] : {std::pair<int64_t, double>{3, 0.01}, {16, 0.01}, {37, 0.01}, {64, 0.01},
-                                    {37, 0.0}, {64, 0.0}}) {
+  for (const auto& width_decay : {std::pair<int64_t, double>{3, 0.01}, {16, 0.01}, {37, 0.01}, {64, 0.01},
+                                  {37, 0.0}, {64, 0.0}}) {
+    // Named copies: Clang 14 cannot capture structured bindings in lambdas.
+    const int64_t width = width_decay.first;
+    const double decay = width_decay.second;
     const auto init = torch::randn({50, width});
     const auto ids = torch::tensor({0, 7, 7, 19, 49}, torch::kInt64);
-    auto run = [&, decay = decay] {
+    auto run = [&] {
       auto table = init.clone().requires_grad_(true);
       SparseAdam adam({table}, torch::optim::AdamOptions(0.05).weight_decay(decay));
       for (int step = 0; step < 3; ++step) {

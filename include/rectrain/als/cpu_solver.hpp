@@ -328,9 +328,9 @@ class CpuAlsSolver {
           auto t = w.t.head(len);
           t.noalias() = rows * ConstVectorMap(v, f);
           if (residual)
-            for (int64_t q = 0; q < len; ++q) t[q] = T(c[s + q]) - T(c[s + q] - 1) * t[q];
+            for (int64_t e = 0; e < len; ++e) t[e] = T(c[s + e]) - T(c[s + e] - 1) * t[e];
           else
-            for (int64_t q = 0; q < len; ++q) t[q] *= T(c[s + q] - 1);
+            for (int64_t e = 0; e < len; ++e) t[e] *= T(c[s + e] - 1);
           VectorMap(acc, f).noalias() += rows.transpose() * t;
         }
       };

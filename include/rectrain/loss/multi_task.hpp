@@ -39,7 +39,7 @@ struct MultiTaskLossOptions {
 
 class MultiTaskLossImpl : public torch::nn::Cloneable<MultiTaskLossImpl> {
  public:
-  explicit MultiTaskLossImpl(MultiTaskLossOptions options = {}) : options(std::move(options)) { reset(); }
+  explicit MultiTaskLossImpl(MultiTaskLossOptions options_ = {}) : options(std::move(options_)) { reset(); }
 
   void reset() override {
     const auto& tasks = options.tasks();

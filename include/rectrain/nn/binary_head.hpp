@@ -26,7 +26,7 @@ struct BinaryHeadOptions {
 class BinaryHeadImpl : public torch::nn::Cloneable<BinaryHeadImpl>, public HeadInterface {
  public:
   BinaryHeadImpl(int64_t input_dim, std::string label) : BinaryHeadImpl(BinaryHeadOptions(input_dim, std::move(label))) {}
-  explicit BinaryHeadImpl(BinaryHeadOptions options) : options(std::move(options)) { reset(); }
+  explicit BinaryHeadImpl(BinaryHeadOptions options_) : options(std::move(options_)) { reset(); }
 
   void reset() override {
     if (options.input_dim() <= 0) throw Error(detail::concat("BinaryHead: input_dim must be > 0, got ", options.input_dim()));

@@ -36,7 +36,7 @@ class CategoricalFeatureImpl : public torch::nn::Cloneable<CategoricalFeatureImp
  public:
   CategoricalFeatureImpl(int64_t num_categories, int64_t dim)
       : CategoricalFeatureImpl(CategoricalFeatureOptions(num_categories, dim)) {}
-  explicit CategoricalFeatureImpl(CategoricalFeatureOptions options) : options(std::move(options)) { reset(); }
+  explicit CategoricalFeatureImpl(CategoricalFeatureOptions options_) : options(std::move(options_)) { reset(); }
 
   void reset() override {
     if (options.num_categories() < 0 || options.dim() <= 0)

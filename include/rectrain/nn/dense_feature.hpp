@@ -19,7 +19,7 @@ struct DenseFeatureOptions {
 
 class DenseFeatureImpl : public torch::nn::Cloneable<DenseFeatureImpl>, public FeatureInterface {
  public:
-  explicit DenseFeatureImpl(DenseFeatureOptions options) : options(std::move(options)) { reset(); }
+  explicit DenseFeatureImpl(DenseFeatureOptions options_) : options(std::move(options_)) { reset(); }
 
   void reset() override {
     if (options.input_dim() <= 0 || options.projection() < 0)

@@ -47,7 +47,7 @@ struct MlpBlocks {
 class MlpImpl : public torch::nn::Cloneable<MlpImpl> {
  public:
   MlpImpl(int64_t input_dim, std::vector<int64_t> widths) : MlpImpl(MlpOptions(input_dim, std::move(widths))) {}
-  explicit MlpImpl(MlpOptions options) : options(std::move(options)) { reset(); }
+  explicit MlpImpl(MlpOptions options_) : options(std::move(options_)) { reset(); }
 
   void reset() override {
     if (options.input_dim() <= 0) throw Error(detail::concat("Mlp: input_dim must be > 0, got ", options.input_dim()));

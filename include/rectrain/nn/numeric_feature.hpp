@@ -29,7 +29,7 @@ struct NumericFeatureOptions {
 
 class NumericFeatureImpl : public torch::nn::Cloneable<NumericFeatureImpl>, public FeatureInterface {
  public:
-  explicit NumericFeatureImpl(NumericFeatureOptions options = {}) : options(std::move(options)) { reset(); }
+  explicit NumericFeatureImpl(NumericFeatureOptions options_ = {}) : options(std::move(options_)) { reset(); }
 
   void reset() override {
     if (options.width() <= 0) throw Error(detail::concat("NumericFeature: width must be > 0, got ", options.width()));

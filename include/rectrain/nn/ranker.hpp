@@ -40,8 +40,8 @@ struct RankerOptions {
 
 class RankerImpl : public torch::nn::Cloneable<RankerImpl> {
  public:
-  RankerImpl(Tower user_tower, Tower item_tower, RankerOptions options = {})
-      : options(std::move(options)), user_tower(std::move(user_tower)), item_tower(std::move(item_tower)) {
+  RankerImpl(Tower user_tower_, Tower item_tower_, RankerOptions options_ = {})
+      : options(std::move(options_)), user_tower(std::move(user_tower_)), item_tower(std::move(item_tower_)) {
     reset();
   }
 

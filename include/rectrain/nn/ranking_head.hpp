@@ -24,7 +24,7 @@ struct RankingHeadOptions {
 class RankingHeadImpl : public torch::nn::Cloneable<RankingHeadImpl>, public HeadInterface {
  public:
   explicit RankingHeadImpl(int64_t input_dim) : RankingHeadImpl(RankingHeadOptions(input_dim)) {}
-  explicit RankingHeadImpl(RankingHeadOptions options) : options(std::move(options)) { reset(); }
+  explicit RankingHeadImpl(RankingHeadOptions options_) : options(std::move(options_)) { reset(); }
 
   void reset() override {
     if (options.input_dim() <= 0)

@@ -32,7 +32,7 @@ class RegressionHeadImpl : public torch::nn::Cloneable<RegressionHeadImpl>, publ
  public:
   RegressionHeadImpl(int64_t input_dim, std::string label)
       : RegressionHeadImpl(RegressionHeadOptions(input_dim, std::move(label))) {}
-  explicit RegressionHeadImpl(RegressionHeadOptions options) : options(std::move(options)) { reset(); }
+  explicit RegressionHeadImpl(RegressionHeadOptions options_) : options(std::move(options_)) { reset(); }
 
   void reset() override {
     if (options.input_dim() <= 0)

@@ -28,7 +28,7 @@ namespace rectrain {
 
 class TowerImpl : public torch::nn::Cloneable<TowerImpl> {
  public:
-  explicit TowerImpl(MlpBlocks blocks = {}) : blocks(std::move(blocks)) { reset(); }
+  explicit TowerImpl(MlpBlocks blocks_ = {}) : blocks(std::move(blocks_)) { reset(); }
 
   void reset() override {
     features = register_module("features", torch::nn::ModuleDict());

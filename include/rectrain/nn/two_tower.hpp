@@ -22,8 +22,8 @@ struct TwoTowerOptions {
 
 class TwoTowerImpl : public torch::nn::Cloneable<TwoTowerImpl> {
  public:
-  TwoTowerImpl(Tower user_tower, Tower item_tower, TwoTowerOptions options = {})
-      : options(options), user_tower(std::move(user_tower)), item_tower(std::move(item_tower)) {
+  TwoTowerImpl(Tower user_tower_, Tower item_tower_, TwoTowerOptions options_ = {})
+      : options(std::move(options_)), user_tower(std::move(user_tower_)), item_tower(std::move(item_tower_)) {
     reset();
   }
 
