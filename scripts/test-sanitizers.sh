@@ -2,7 +2,7 @@
 # CI's second pass: the whole test suite again, built with clang-14's
 # AddressSanitizer (leaks included) and UndefinedBehaviorSanitizer; any
 # report fails it. Then each libFuzzer target runs over its seed corpus for
-# FUZZ_SECONDS (30 by default); a crash, hang, leak or out-of-memory fails.
+# FUZZ_SECONDS (20 by default); a crash, hang, leak or out-of-memory fails.
 #
 # OpenMP is off in this build: clang's runtime (libomp) and LibTorch's
 # (libgomp) would both be loaded. at::parallel_for then runs serially in
@@ -28,4 +28,4 @@ export UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
 # would only rebuild a LibTorch program twice (about 2.5 minutes).
 (cd "$build" && ctest --output-on-failure -E '^(consumer_|example_)')
 
-bash scripts/fuzz.sh "$build" "${FUZZ_SECONDS:-30}"
+bash scripts/fuzz.sh "$build" "${FUZZ_SECONDS:-20}"
