@@ -15,6 +15,7 @@
 
 #include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 namespace rectrain {
@@ -28,11 +29,13 @@ inline std::vector<std::string> categorical_feature_paths(const torch::nn::Modul
   return out;
 }
 
-/// The CategoricalFeature of `root` that `name` selects: exactly one must
-/// match, else an Error listing the tables there are.
-inline std::shared_ptr<CategoricalFeatureImpl> find_categorical_feature(const torch::nn::Module& root,
-                                                                        const std::string& name) {
-  std::shared_ptr<CategoricalFeatureImpl> found;
+namespace detail {
+
+/// The one CategoricalFeature of `root` that `name` selects, and its path;
+/// an Error listing the tables there are when none or several match.
+inline std::pair<std::string, std::shared_ptr<CategoricalFeatureImpl>> match_categorical_feature(
+    const torch::nn::Module& root, const std::string& name) {
+  std::pair<std::string, std::shared_ptr<CategoricalFeatureImpl>> found;
   std::vector<std::string> matches, all;
   for (const auto& m : root.named_modules("", /*include_self=*/false)) {
     auto feature = std::dynamic_pointer_cast<CategoricalFeatureImpl>(m.value());
@@ -43,13 +46,22 @@ inline std::shared_ptr<CategoricalFeatureImpl> find_categorical_feature(const to
                                         path.compare(path.size() - name.size(), name.size(), name) == 0);
     if (match) {
       matches.push_back(path);
-      found = feature;
+      found = {path, feature};
     }
   }
   if (matches.size() == 1) return found;
-  throw Error(detail::concat("id table '", name, "': ", matches.empty() ? "no" : "more than one",
-                             " CategoricalFeature matches (", matches.empty() ? "tables: " : "matches: ",
-                             detail::join_names(matches.empty() ? all : matches), ")"));
+  throw Error(concat("id table '", name, "': ", matches.empty() ? "no" : "more than one",
+                     " CategoricalFeature matches (", matches.empty() ? "tables: " : "matches: ",
+                     join_names(matches.empty() ? all : matches), ")"));
+}
+
+} // namespace detail
+
+/// The CategoricalFeature of `root` that `name` selects: exactly one must
+/// match, else an Error listing the tables there are.
+inline std::shared_ptr<CategoricalFeatureImpl> find_categorical_feature(const torch::nn::Module& root,
+                                                                        const std::string& name) {
+  return detail::match_categorical_feature(root, name).second;
 }
 
 /// Puts `table` into the id table `name` selects, outside autograd:
@@ -65,11 +77,7 @@ inline void set_table(const torch::nn::Module& root, const std::string& name, co
 inline std::vector<std::string> table_parameter_names(const torch::nn::Module& root,
                                                       const std::vector<std::string>& names) {
   std::vector<std::string> out;
-  for (const auto& name : names) {
-    const auto* feature = find_categorical_feature(root, name).get();
-    for (const auto& m : root.named_modules("", false))
-      if (m.value().get() == feature) out.push_back(m.key() + ".weight");
-  }
+  for (const auto& name : names) out.push_back(detail::match_categorical_feature(root, name).first + ".weight");
   return out;
 }
 

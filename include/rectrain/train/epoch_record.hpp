@@ -151,7 +151,7 @@ inline std::string EpochRecord::to_json() const {
 inline EpochRecord EpochRecord::from_json(const std::string& line, const std::string& where) {
   EpochRecord r;
   bool seen_seed = false, seen_epoch = false;
-  double rows_per_second = 0, wait_share = 0;
+  double wait_share = 0;  // rows_per_second is derived from rows and seconds
   for (const auto& [key, value] : detail::parse_flat_json(line, where)) {
     const auto count = [&, value = value] { return std::isfinite(value) ? static_cast<int64_t>(value) : int64_t{0}; };
     if (key == "seed") {
@@ -176,8 +176,6 @@ inline EpochRecord EpochRecord::from_json(const std::string& line, const std::st
       r.stats.batches = count();
     } else if (key == "seconds") {
       r.stats.seconds = value;
-    } else if (key == "rows_per_second") {
-      rows_per_second = value;
     } else if (key == "data_wait_share") {
       wait_share = value;
     } else if (key == "model_gflops") {
@@ -187,7 +185,6 @@ inline EpochRecord EpochRecord::from_json(const std::string& line, const std::st
     }
   }
   if (!seen_seed || !seen_epoch) throw Error(detail::concat(where, ": an epoch record needs seed and epoch: '", line, "'"));
-  (void)rows_per_second;  // derived from rows and seconds
   r.stats.wait_seconds = std::isfinite(wait_share) ? wait_share * r.stats.seconds : 0;
   return r;
 }
