@@ -242,6 +242,187 @@ TEST_CASE("train_epoch trains, reports, and a resumed run ends where an uninterr
   CHECK(same_parameters(*resumed.model, *a.model));
 }
 
+namespace {
+
+/// What a Trainer drives, built the same way every time.
+struct TrainerParts {
+  explicit TrainerParts(const Dataset& ds)
+      : model((torch::manual_seed(3), small_ranker(ds))),
+        adam(model->parameters(), 1e-2),
+        sampler(ds.interactions["user"], ds.interaction_targets(), GroupSamplerOptions(20).batch_size(16).seed(3)),
+        pipeline(standard_batch_spec(ds), sampler, BatchPipelineOptions().workers(2)) {}
+  PhaseSchedule schedule() const { return PhaseSchedule(1, 2, table_parameter_names(*model, {"user", "item"})); }
+  Ranker model;
+  torch::optim::Adam adam;
+  GroupSampler sampler;
+  BatchPipeline pipeline;
+};
+
+} // namespace
+
+TEST_CASE("Trainer runs a schedule with validation, records and checkpoints; a cut run resumes bit for bit",
+          "[train][trainer]") {
+  const auto& ds = synthetic_dataset();
+  torch::set_num_threads(2);
+  TempDir dir;
+  const auto split = split_holdout(ds, HoldoutOptions().views(10).min_views(20).fraction(0.3).seed(1));
+  CHECK(split.train.num_interactions() + split.valid.num_interactions() == ds.num_interactions());
+  CHECK(split.valid_rows.size(1) == 10);
+  CHECK(split.valid_users.numel() == split.valid.num_interactions());
+  const auto valid_spec = standard_batch_spec(split.valid);
+  auto options_for = [&](TrainerParts& p, const std::string& path, std::vector<EpochRecord>& seen) {
+    return TrainerOptions()
+        .seed(5)
+        .checkpoint_path(path)
+        .measure([](EpochRecord& r) { r.model_gflops = 1, r.mm_gflops = 2; })
+        .validate([&p, &split, &valid_spec] {
+          return gauc(split.valid_users, split.valid_targets,
+                      score_groups(p.model, valid_spec, split.valid_rows).reshape(-1));
+        })
+        .on_epoch([&seen](const EpochRecord& r) { seen.push_back(r); });
+  };
+
+  TrainerParts a(ds);
+  std::vector<EpochRecord> seen_a;
+  Trainer<Ranker> straight(a.model, {&a.adam}, a.pipeline, a.schedule(), options_for(a, dir.file("a.pt"), seen_a));
+  REQUIRE(straight.fit());
+  CHECK(straight.epochs_done() == 3);
+  REQUIRE(seen_a.size() == 3);
+  CHECK(seen_a[0].frozen);
+  CHECK_FALSE(seen_a[1].frozen);
+  CHECK(a.model->user_tower->feature<CategoricalFeatureImpl>("user")->weight.requires_grad());
+  CHECK(seen_a[2].stats.epoch == 2);
+  CHECK(seen_a[0].seed == 5);
+  CHECK(seen_a[0].model_gflops == 1);
+  CHECK(std::isfinite(seen_a[2].validation.value));
+  CHECK(seen_a[2].validation.users > 0);
+  CHECK_THAT(seen_a[0].summary(), Catch::StartsWith("seed 5 epoch 0 (frozen): loss ") &&
+                                      Catch::Contains("GFLOP/s = 50% of torch::mm's 2.0"));
+  CHECK(fs::exists(dir.file("a.pt")));
+  CHECK(straight.records().size() == 3);
+  CHECK(to_json_lines(straight.records()).size() == 3);
+
+  // One epoch, then a fresh set of objects resumed from the checkpoint: the
+  // same weights as the straight run, and the checkpoint keeps what the
+  // caller bound too.
+  std::vector<EpochRecord> seen_b;
+  {
+    TrainerParts b(ds);
+    std::string tag = "first";
+    Trainer<Ranker> cut(b.model, {&b.adam}, b.pipeline, b.schedule(), options_for(b, dir.file("b.pt"), seen_b));
+    cut.checkpoint().add("tag", tag);
+    CHECK_FALSE(cut.fit(1));
+    CHECK(cut.epochs_done() == 1);
+  }
+  torch::rand({100});  // the checkpoint restores the generator
+  TrainerParts c(ds);
+  std::vector<EpochRecord> seen_c;
+  std::string tag;
+  Trainer<Ranker> resumed(c.model, {&c.adam}, c.pipeline, c.schedule(), options_for(c, dir.file("b.pt"), seen_c));
+  resumed.checkpoint().add("tag", tag);
+  CHECK(resumed.resume() == 1);
+  CHECK(tag == "first");
+  REQUIRE(resumed.records().size() == 1);
+  CHECK(resumed.records()[0].stats.loss == Approx(seen_b[0].stats.loss).epsilon(1e-9));
+  CHECK(resumed.fit());
+  CHECK(seen_c.size() == 2);
+  CHECK(resumed.records().size() == 3);
+  CHECK(same_parameters(*c.model, *a.model));
+  CHECK(resumed.fit());  // nothing left to train
+  CHECK(seen_c.size() == 2);
+
+  CHECK_THROWS_WITH(Trainer<Ranker>(a.model, {}, a.pipeline, a.schedule()), Catch::Contains("no optimizer"));
+  TrainerParts d(ds);
+  std::string other_tag;
+  Trainer<Ranker> wrong(d.model, {&d.adam}, d.pipeline, d.schedule());
+  wrong.checkpoint().add("other", other_tag);
+  CHECK_THROWS_WITH(wrong.resume(dir.file("b.pt")), Catch::Contains("no entry 'other'"));
+  CHECK_THROWS_WITH(wrong.resume(), Catch::Contains("no checkpoint path"));
+}
+
+TEST_CASE("split_holdout refuses a validation set whose GAUC is undefined", "[train]") {
+  auto ds = synthetic_dataset();
+  ds.interactions.set("like", torch::zeros_like(ds.interactions["like"]));
+  ds.interactions.set("dislike", torch::zeros_like(ds.interactions["dislike"]));
+  CHECK_THROWS_WITH(split_holdout(ds, HoldoutOptions().views(10).min_views(20)),
+                    Catch::Contains("validation GAUC is undefined"));
+}
+
+TEST_CASE("save_module / load_module refuse a model of other sizes; torch::load would not", "[train]") {
+  const auto& ds = synthetic_dataset();
+  TempDir dir;
+  auto model = small_ranker(ds);
+  save_module(dir.file("m.pt"), *model);
+  auto same = small_ranker(ds);
+  load_module(dir.file("m.pt"), *same);
+  CHECK(same_parameters(*same, *model));
+  Tower user;
+  user->add("user", CategoricalFeature(ds.num_users() + 5, 8)).add("gender", CategoricalFeature(3, 2));
+  NumericFeature duration;
+  Tower item;
+  item->add("item", CategoricalFeature(ds.num_items(), 8)).add("duration", duration);
+  Ranker bigger(user, item, RankerOptions(MlpBlocks({16}).normalization(Normalization::LayerNorm).dropout(0.2)));
+  bigger->add_head("target", RankingHead(bigger->hidden_dim())).add_head("like", BinaryHead(bigger->hidden_dim(), "like"));
+  CHECK_THROWS_WITH(load_module(dir.file("m.pt"), *bigger),
+                    Catch::Contains("m.pt") && Catch::Contains("in the checkpoint but") && Catch::Contains("other sizes"));
+}
+
+TEST_CASE("RunDirectory names a run's files and finds an earlier run's", "[train]") {
+  TempDir dir;
+  const RunDirectory run(dir.path().string(), {"checkpoint", "model"}, {"predictions.csv"});
+  CHECK(run.seed_file("model", 12) == dir.file("model-seed12.pt"));
+  uint64_t seed = 0;
+  CHECK(run.seed_of("checkpoint-seed7.pt", seed));
+  CHECK(seed == 7);
+  CHECK_FALSE(run.seed_of("checkpoint-seed.pt", seed));
+  CHECK_FALSE(run.seed_of("checkpoint-seedx.pt", seed));
+  CHECK_FALSE(run.seed_of("other-seed1.pt", seed));
+  CHECK(run.outputs().empty());
+  for (const char* name : {"model-seed2.pt", "model-seed1.pt", "checkpoint-seed3.pt", "predictions.csv", "notes.txt"})
+    write_file(dir.file(name), "x");
+  CHECK(run.outputs() == std::vector<std::string>{"checkpoint-seed3.pt", "model-seed1.pt", "model-seed2.pt",
+                                                  "predictions.csv"});
+  CHECK(run.seed_files("model") == std::vector<std::string>{dir.file("model-seed1.pt"), dir.file("model-seed2.pt")});
+  CHECK(run.file_of_other_seed({1, 2, 3}).empty());
+  CHECK(run.file_of_other_seed({1, 2}) == "checkpoint-seed3.pt");
+  run.remove(run.outputs());
+  CHECK(run.outputs().empty());
+  CHECK(fs::exists(dir.file("notes.txt")));
+}
+
+TEST_CASE("trainable_signals, add_signal_head and initialize_tables_from_als build the recipe's parts", "[train]") {
+  const auto& ds = synthetic_dataset();
+  std::vector<std::string> unused;
+  const auto signals = trainable_signals(ds, false, &unused);
+  CHECK(std::find(signals.begin(), signals.end(), "like") != signals.end());
+  CHECK(std::find(signals.begin(), signals.end(), "timespent") != signals.end());
+  auto ranker = small_ranker(ds);
+  add_signal_head(*ranker, "dislike");
+  add_signal_head(*ranker, "watched:binary");
+  add_signal_head(*ranker, "minutes:regression", 0.5);
+  CHECK(ranker->heads->contains("watched"));
+  CHECK(ranker->heads->contains("minutes"));
+  CHECK_THROWS_WITH(add_signal_head(*ranker, "minutes:count"), Catch::Contains("unknown signal 'minutes:count'"));
+
+  // ALS rows into the id tables: unit rows (users and items with views),
+  // the out-of-vocabulary row zero.
+  Tower user, item;
+  user->add("user", CategoricalFeature(ds.num_users(), 8 + 4));
+  item->add("item", CategoricalFeature(ds.num_items(), 8)).add("source", CategoricalFeature(ds.num_sources(), 4));
+  Ranker model(user, item, RankerOptions(MlpBlocks({8})));
+  initialize_tables_from_als(*model, ds, AlsTablesOptions(ImplicitAlsOptions(8).iterations(2).seed(4)).source_factors(4));
+  const auto item_table = find_categorical_feature(*model, "item")->weight;
+  const auto norms = item_table.slice(0, 0, -1).norm(2, 1);
+  CHECK(((norms - 1).abs() < 1e-4 | (norms == 0)).all().item<bool>());
+  CHECK((norms > 0).sum().item<int64_t>() > ds.num_items() / 2);
+  CHECK(item_table[-1].abs().sum().item<double>() == 0);
+  const auto user_table = find_categorical_feature(*model, "user")->weight;
+  CHECK(user_table.slice(1, 0, 8).slice(0, 0, -1).norm(2, 1).max().item<double>() == Approx(1).epsilon(1e-4));
+  CHECK(user_table.slice(1, 8, 12).slice(0, 0, -1).norm(2, 1).max().item<double>() == Approx(1).epsilon(1e-4));
+  CHECK_THROWS_WITH(initialize_tables_from_als(*model, ds, AlsTablesOptions(ImplicitAlsOptions(6).iterations(1))),
+                    Catch::Contains("set_table('user', user_tower.features.user): CategoricalFeature weight"));
+}
+
 TEST_CASE("train_epoch stops on a loss that is no longer finite, naming the head", "[train]") {
   const auto& ds = synthetic_dataset();
   Run run(ds);

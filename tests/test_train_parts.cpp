@@ -7,6 +7,8 @@
 #include <rectrain/core/atomic_file.hpp>
 #include <rectrain/core/device.hpp>
 #include <rectrain/core/parse.hpp>
+#include <rectrain/core/settings.hpp>
+#include <rectrain/data/dataset_memory.hpp>
 #include <rectrain/nn/categorical_feature.hpp>
 #include <rectrain/nn/id_tables.hpp>
 #include <rectrain/nn/tower.hpp>
@@ -15,6 +17,7 @@
 #include <rectrain/train/table_optimizers.hpp>
 
 #include <cmath>
+#include <functional>
 #include <fstream>
 #include <sstream>
 
@@ -184,4 +187,94 @@ TEST_CASE("write_lines_atomically writes every line, each ended", "[core][parts]
   std::stringstream text;
   text << in.rdbuf();
   CHECK(text.str() == "{\"a\":1}\n{\"b\":2}\n");
+}
+
+namespace {
+
+struct ToyConfig {
+  int64_t epochs = 5;
+  double lr = 1e-3, dropout = 0.1;
+  bool als = true, bf16 = false;
+  std::string norm = "layernorm";
+  std::vector<int64_t> hidden{8, 4};
+
+  Settings settings() {
+    Settings s;
+    s.add("epochs", epochs, "epochs").at_least(1).note("the schedule's length");
+    s.add("lr", lr, "learning rate").above(0);
+    s.add("dropout", dropout, "dropout").at_least(0).below(1);
+    s.add("als", als, "random tables instead of ALS");
+    s.add("bf16", bf16, "bfloat16 autocast");
+    s.add("norm", norm, "normalisation").one_of({"layernorm", "batchnorm", "none"});
+    s.add("hidden", hidden, "widths").at_least(1);
+    return s;
+  }
+};
+
+} // namespace
+
+TEST_CASE("Settings: one table gives flags, text, parsing and range checks", "[train][settings]") {
+  ToyConfig c;
+  auto s = c.settings();
+  CHECK(s.to_text() == "epochs=5\nlr=0.001\ndropout=0.10000000000000001\nals=1\nbf16=0\nnorm=layernorm\nhidden=8,4\n");
+  CHECK(s.find("als")->flag() == "--no-als");
+  CHECK_FALSE(s.find("als")->flag_value());
+  CHECK(s.find("bf16")->flag() == "--bf16");
+  CHECK(s.find("bf16")->is_flag());
+  CHECK(s.find("epochs")->flag() == "--epochs");
+  CHECK(std::string(s.find("hidden")->kind()) == "INT,...");
+  CHECK(std::string(s.find("lr")->kind()) == "FLOAT");
+  CHECK(s.find("dropout")->text(6) == "0.1");
+  CHECK(s.find("nothing") == nullptr);
+  s.validate();
+
+  // Text read back: every value, exactly.
+  ToyConfig d;
+  d.lr = 0.5, d.dropout = 0.3, d.als = false, d.hidden = {3}, d.norm = "none";
+  const std::string text = d.settings().to_text();
+  ToyConfig e;
+  e.settings().from_text(text, "model.pt");
+  CHECK(e.settings().to_text() == text);
+  CHECK(e.lr == 0.5);
+  CHECK_FALSE(e.als);
+  CHECK(e.hidden == std::vector<int64_t>{3});
+  CHECK_THROWS_WITH(e.settings().from_text("epochs=5\n", "m.pt"), Catch::Contains("m.pt: configuration lacks 'lr'"));
+  CHECK_THROWS_WITH(e.settings().from_text(text + "extra=1\n", "m.pt"), Catch::Contains("unknown setting 'extra'"));
+  CHECK_THROWS_WITH(e.settings().from_text(text + "lr=2\n", "m.pt"), Catch::Contains("gives 'lr' twice"));
+  CHECK_THROWS_WITH(e.settings().from_text("lr\n", "m.pt"), Catch::Contains("bad configuration line 'lr'"));
+
+  // One value from text, as a flag gives it; errors name the flag.
+  auto t = c.settings();
+  t.find("lr")->set("0.25", "--lr");
+  CHECK(c.lr == 0.25);
+  CHECK_THROWS_WITH(t.find("lr")->set("fast", "--lr"), Catch::Contains("--lr: 'fast' is not a number"));
+  CHECK_THROWS_WITH(t.find("epochs")->set("2.5", "--epochs"), Catch::Contains("--epochs: '2.5' is not a number"));
+  CHECK_THROWS_WITH(t.find("hidden")->set("8,x", "--hidden"), Catch::Contains("'8,x' is not a list of positive widths"));
+  CHECK_THROWS_WITH(t.find("als")->set("2", "als"), Catch::Contains("'2' is not 0 or 1"));
+
+  const std::vector<std::pair<std::function<void()>, std::string>> bad{
+      {[&] { c.lr = std::nan(""); }, "--lr must be a finite number > 0, got nan"},
+      {[&] { c.lr = -1; }, "--lr must be a finite number > 0, got -1"},
+      {[&] { c.dropout = 1; }, "--dropout must be in [0, 1), got 1"},
+      {[&] { c.epochs = 0; }, "--epochs must be >= 1 (the schedule's length), got 0"},
+      {[&] { c.norm = "rms"; }, "--norm must be layernorm, batchnorm or none; got 'rms'"},
+      {[&] { c.hidden = {4, 0}; }, "--hidden (every width) must be >= 1, got 0"},
+  };
+  for (const auto& [spoil, message] : bad) {
+    c = ToyConfig();
+    spoil();
+    CHECK_THROWS_WITH(c.settings().validate(), message);
+  }
+  int64_t x = 0;
+  Settings twice;
+  twice.add("x", x, "x");
+  CHECK_THROWS_WITH(twice.add("x", x, "x"), Catch::Contains("added twice"));
+  CHECK_THROWS_WITH(twice.add("Bad-Key", x, "x"), Catch::Contains("lower-case letters"));
+}
+
+TEST_CASE("parse_memory_budget: auto, none, sizes", "[train][settings]") {
+  CHECK(parse_memory_budget("none", "--memory-budget") == 0);
+  CHECK(parse_memory_budget("12G", "--memory-budget") == int64_t{12} << 30);
+  CHECK(parse_memory_budget("auto", "--memory-budget") >= 0);
+  CHECK_THROWS_WITH(parse_memory_budget("lots", "--memory-budget"), Catch::Contains("--memory-budget: 'lots' is not a size"));
 }

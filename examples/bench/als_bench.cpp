@@ -92,8 +92,8 @@ void reference_cg_half_step(const rectrain::CsrMatrix& m, float confidence, torc
 
 rectrain::AlsFactors reference_fit(const rectrain::CsrMatrix& m, float confidence, const rectrain::ImplicitAlsOptions& o) {
   rectrain::AlsFactors out;
-  out.user = rectrain::detail::initial_factors(m.rows, o.factors(), o.seed(), 0, o.init_scale()).to(torch::kFloat32);
-  out.item = rectrain::detail::initial_factors(m.cols, o.factors(), o.seed(), 1, o.init_scale()).to(torch::kFloat32);
+  out.user = rectrain::initial_als_factors(m.rows, 0, o).to(torch::kFloat32);
+  out.item = rectrain::initial_als_factors(m.cols, 1, o).to(torch::kFloat32);
   const auto transposed = m.transpose();
   for (int64_t it = 1; it <= o.iterations(); ++it) {
     const double t0 = bench::now_seconds();
@@ -163,9 +163,8 @@ int als_bench_main(int argc, char** argv) {
                 static_cast<long long>(factors), confidence, solver == "reference" ? "reference CG" : confidence == 1 ? "binary: shared exact solve" : "weighted",
                 solver.c_str(), backend.c_str(), static_cast<long long>(threads));
     if (solver == "cg" && confidence != 1) {
-      const int level = rectrain::detail::confidence_pass_level<float>(factors, rectrain::cpu_isa());
-      std::printf("CG pass kernel: %s\n", level < 0 ? "none (f is not a multiple of 4: Eigen GEMVs)"
-                                                      : rectrain::cpu_isa_name(static_cast<rectrain::CpuIsa>(level)));
+      const auto kernel = rectrain::als_confidence_pass_kernel(factors);
+      std::printf("CG pass kernel: %s\n", kernel == "none" ? "none (f is not a multiple of 4: Eigen GEMVs)" : kernel.c_str());
     }
     const double rss_before = status_gib("VmRSS");
     reset_peak_rss();

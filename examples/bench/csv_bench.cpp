@@ -18,7 +18,7 @@ namespace {
 // The reference: a plain single-threaded std::from_chars loop over the
 // same file (7 fields per line, no validation beyond parse success).
 double plain_from_chars_seconds(const std::string& path, int64_t& rows) {
-  rectrain::detail::MappedFile file(path);
+  rectrain::MappedFile file(path);
   const char* p = file.data();
   const char* end = p + file.size();
   const double t0 = bench::now_seconds();
@@ -100,7 +100,7 @@ int csv_bench_main(int argc, char** argv) {
       for (const auto& column : table->columns()) checksum += column.value().sum().item<double>();
   });
   // What verifying the cache's checksums costs on its own (warm pages).
-  const rectrain::detail::MappedFile mapped(cache);
+  const rectrain::MappedFile mapped(cache);
   uint32_t crc = 0, crc_parallel = 0;
   const double crc_s = bench::median_seconds(runs, [&] { crc = rectrain::crc32(mapped.data(), mapped.size()); });
   const double crc_parallel_s =

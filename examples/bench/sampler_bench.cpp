@@ -21,7 +21,7 @@ struct Data {
 // Challenge-shaped rows: histories 2..4500 (mean ~790), interleaved; like
 // 4.7%, dislike 0.04%.
 Data make_data(int64_t rows, uint64_t seed) {
-  rectrain::detail::FastRng rng(seed);
+  rectrain::FastRng rng(seed);
   std::vector<int64_t> lengths;
   int64_t total = 0;
   while (total < rows) {
@@ -50,7 +50,7 @@ int64_t sort_based_epoch(const Data& d, int64_t g, int64_t batch, uint64_t seed)
     int32_t row;
   };
   std::vector<Entry> e(static_cast<size_t>(n));
-  rectrain::detail::FastRng rng(seed);
+  rectrain::FastRng rng(seed);
   for (int64_t i = 0; i < n; ++i)
     e[static_cast<size_t>(i)] = {(static_cast<uint64_t>(u[i]) << 32) | (rng.next() >> 32), static_cast<int32_t>(i)};
   std::sort(e.begin(), e.end(), [](const Entry& a, const Entry& b) { return a.key < b.key; });

@@ -84,34 +84,29 @@ int main(int argc, char** argv) {
         .add_head("like", BinaryHead(ranker->hidden_dim(), "like"))
         .add_head("completion", WatchCompletionHead(ranker->hidden_dim()), 0.5);
 
-    const auto spec = standard_batch_spec(ds);
-    GroupSampler sampler(ds.interactions["user"], ds.interaction_targets(),
+    // 5. Train it with the library's loop: a validation split shaped like
+    //    the test, and a Trainer that reports each epoch's losses (the
+    //    completion head's among them) and validation GAUC.
+    const auto split = split_holdout(ds, HoldoutOptions().views(20).min_views(40).fraction(0.2).seed(seed));
+    GroupSampler sampler(split.train.interactions["user"], split.train.interaction_targets(),
                          GroupSamplerOptions(20).batch_size(32).seed(seed));
+    BatchPipeline pipeline(standard_batch_spec(split.train), sampler);
     torch::optim::Adam adam(ranker->parameters(), 3e-3);
-    for (int64_t epoch = 0; epoch < epochs; ++epoch) {
-      sampler.set_epoch(epoch);
-      double completion_loss = 0, total = 0;
-      int64_t batches = 0;
-      while (auto rows = sampler.next_batch()) {
-        const auto batch = spec.gather(*rows);
-        const auto predictions = ranker->forward(batch);
-        const auto terms = ranker->loss_terms(predictions, batch);
-        adam.zero_grad();
-        terms.total.backward();
-        adam.step();
-        completion_loss += terms.heads["completion"].item<double>();
-        total += terms.total.item<double>();
-        ++batches;
-      }
-      torch::NoGradGuard no_grad;
-      ranker->eval();
-      const auto candidates = candidate_batch_spec(ds).gather(torch::arange(ds.candidates.num_rows()).view({-1, 1}));
-      const auto scores = ranker->forward(candidates)["target"].view(-1);
-      const auto m = gauc(ds.candidates["user"], ds.candidates["target"], scores);
-      ranker->train();
-      std::printf("epoch %lld: loss %.4f, completion loss %.4f, candidate GAUC %.4f\n", static_cast<long long>(epoch),
-                  total / std::max<int64_t>(1, batches), completion_loss / std::max<int64_t>(1, batches), m.value);
-    }
+    const auto valid_spec = standard_batch_spec(split.valid);
+    Trainer<Ranker> trainer(ranker, {&adam}, pipeline, PhaseSchedule(0, epochs),
+                            TrainerOptions()
+                                .seed(seed)
+                                .validate([&] {
+                                  const auto scores = score_groups(ranker, valid_spec, split.valid_rows).reshape(-1);
+                                  return gauc(split.valid_users, split.valid_targets, scores);
+                                })
+                                .on_epoch([](const EpochRecord& r) {
+                                  double completion = 0;
+                                  for (const auto& [head, loss] : r.stats.head_losses)
+                                    if (head == "completion") completion = loss;
+                                  std::printf("%s; completion loss %.4f\n", r.summary().c_str(), completion);
+                                }));
+    trainer.fit();
     if (!temp.empty()) std::filesystem::remove_all(temp);
   } catch (const std::exception& e) {
     std::fprintf(stderr, "custom_head: error: %s\n", e.what());

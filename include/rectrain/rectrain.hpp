@@ -3,8 +3,10 @@
 // The umbrella header; each part can also be included on its own.
 
 #include <rectrain/als/embedding_init.hpp>
+#include <rectrain/als/factor_file.hpp>
 #include <rectrain/als/implicit_als.hpp>
 #include <rectrain/als/sparse_matrix.hpp>
+#include <rectrain/als/table_init.hpp>
 #include <rectrain/core/atomic_file.hpp>
 #include <rectrain/core/checksum.hpp>
 #include <rectrain/core/compat.hpp>
@@ -19,6 +21,7 @@
 #include <rectrain/core/memory_reuse.hpp>
 #include <rectrain/core/parse.hpp>
 #include <rectrain/core/random.hpp>
+#include <rectrain/core/settings.hpp>
 #include <rectrain/core/stopwatch.hpp>
 #include <rectrain/core/text.hpp>
 #include <rectrain/core/version.hpp>
@@ -58,8 +61,11 @@
 #include <rectrain/nn/ranker.hpp>
 #include <rectrain/nn/ranking_head.hpp>
 #include <rectrain/nn/regression_head.hpp>
+#include <rectrain/nn/signal_heads.hpp>
 #include <rectrain/nn/tower.hpp>
 #include <rectrain/nn/two_tower.hpp>
+#include <rectrain/recipe/recipe_model.hpp>
+#include <rectrain/recipe/recipe_settings.hpp>
 #include <rectrain/train/checkpoint.hpp>
 #include <rectrain/train/ensemble.hpp>
 #include <rectrain/train/epoch.hpp>
@@ -69,6 +75,8 @@
 #include <rectrain/train/matmul_flops.hpp>
 #include <rectrain/train/phase_schedule.hpp>
 #include <rectrain/train/progress_line.hpp>
+#include <rectrain/train/run_directory.hpp>
 #include <rectrain/train/scoring.hpp>
 #include <rectrain/train/sparse_adam.hpp>
 #include <rectrain/train/table_optimizers.hpp>
+#include <rectrain/train/trainer.hpp>

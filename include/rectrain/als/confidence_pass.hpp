@@ -17,6 +17,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <string>
 
 namespace rectrain {
 namespace detail {
@@ -173,4 +174,14 @@ int confidence_pass_level(int64_t, CpuIsa) {
 #endif
 
 } // namespace detail
+
+/// The CPU level whose kernel runs implicit ALS's weighted conjugate-gradient
+/// pass for `factors`-wide float32 factors on this CPU (the widest the CPU
+/// has whose vectors divide a row), or "none" where none fits and Eigen's
+/// GEMVs run instead. For benchmarks that report what they measured.
+inline std::string als_confidence_pass_kernel(int64_t factors) {
+  const int level = detail::confidence_pass_level<float>(factors, cpu_isa());
+  return level < 0 ? "none" : cpu_isa_name(static_cast<CpuIsa>(level));
+}
+
 } // namespace rectrain

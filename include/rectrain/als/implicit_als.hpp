@@ -195,6 +195,15 @@ inline void check_finite_factors(const torch::Tensor& t, const char* side, int64
 } // namespace detail
 
 /// Fits implicit ALS to `matrix` (rows: users, columns: items).
+/// The float64 factors fit_implicit_als starts from, for `rows` rows of one
+/// side (0: users, 1: items) with `options`' factors, seed and init_scale:
+/// uniform in [0, init_scale), one random stream per row (the same for any
+/// thread count). For a reference solver that must start where it does.
+inline torch::Tensor initial_als_factors(int64_t rows, int side, const ImplicitAlsOptions& options) {
+  return detail::initial_factors(rows, options.factors(), options.seed(), static_cast<uint64_t>(side),
+                                 options.init_scale());
+}
+
 inline AlsFactors fit_implicit_als(const CsrMatrix& matrix, const ImplicitAlsOptions& options = {}) {
   const auto& o = options;
   if (o.factors() <= 0) throw Error(detail::concat("implicit ALS: factors must be > 0, got ", o.factors()));

@@ -104,7 +104,7 @@ inline void check_coordinate(const torch::Tensor& t, const char* name, int64_t n
   if (!t.defined() || t.dim() != 1 || t.scalar_type() != torch::kInt64 || !t.device().is_cpu() ||
       t.size(0) != n)
     throw TensorError(concat("build_csr ", name, ": expected a 1-D int64 CPU tensor of ", n, " entries, got ",
-                             t.defined() ? concat(t.toString(), " ", t.sizes()) : std::string("undefined")));
+                             type_and_shape_of(t)));
   if (n == 0) return;
   const int64_t lo = t.min().item<int64_t>(), hi = t.max().item<int64_t>();
   if (lo < -1 || hi >= limit)

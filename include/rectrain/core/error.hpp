@@ -77,6 +77,13 @@ class TensorError : public Error {
   using Error::Error;
 };
 
+/// `parts` joined by `separator`.
+inline std::string join(const std::vector<std::string>& parts, const std::string& separator = ",") {
+  std::string out;
+  for (size_t i = 0; i < parts.size(); ++i) out += (i ? separator : "") + parts[i];
+  return out;
+}
+
 namespace detail {
 
 template <typename... Args>
@@ -92,6 +99,12 @@ std::string shape_of(const TensorType& t) {
   return t.defined() ? concat(t.sizes()) : std::string("undefined");
 }
 
+/// "CPULongType [3, 4]" (type and shape), or "undefined".
+template <typename TensorType>
+std::string type_and_shape_of(const TensorType& t) {
+  return t.defined() ? concat(t.toString(), " ", t.sizes()) : std::string("undefined");
+}
+
 /// Throws "<owner>: expected <name> [..., dim], got <shape>" unless `t`'s
 /// last dimension is `dim`.
 template <typename TensorType>
@@ -102,9 +115,7 @@ void check_last_dim(const char* owner, const char* name, const TensorType& t, in
 
 /// "a, b, c", or "none": the names an error message offers instead.
 inline std::string join_names(const std::vector<std::string>& names) {
-  std::string out;
-  for (const auto& name : names) out += (out.empty() ? "" : ", ") + name;
-  return out.empty() ? "none" : out;
+  return names.empty() ? "none" : join(names, ", ");
 }
 
 } // namespace detail

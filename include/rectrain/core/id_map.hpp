@@ -107,8 +107,7 @@ inline void check_id_tensor(const torch::Tensor& t, const char* name) {
   if (!t.defined() || t.dim() != 1 || t.scalar_type() != torch::kInt64 ||
       !t.device().is_cpu())
     throw TensorError(concat(name, ": expected a 1-D int64 CPU tensor, got ",
-                             t.defined() ? t.toString() : std::string("undefined"),
-                             t.defined() ? concat(" of shape ", t.sizes()) : std::string()));
+                             type_and_shape_of(t)));
 }
 
 } // namespace detail

@@ -293,4 +293,9 @@ class MappedFile {
 };
 
 } // namespace detail
+
+/// A read-only (or copy-on-write) mapping of a whole file that notices the
+/// file changing or shrinking under it (see MappedFile's members).
+using detail::MappedFile;
+
 } // namespace rectrain

@@ -9,29 +9,33 @@
 #include <cstdint>
 #include <exception>
 #include <string>
+#include <utility>
 #include <vector>
 
 namespace rectrain {
 
-/// The non-empty parts of `text` between `separator`s.
-inline std::vector<std::string> split_list(const std::string& text, char separator = ',') {
-  std::vector<std::string> out;
-  std::string part;
-  for (const char c : text + separator) {
-    if (c != separator) {
-      part += c;
-    } else if (!part.empty()) {
-      out.push_back(part);
-      part.clear();
-    }
+namespace detail {
+
+/// Every part of `text` between `separator`s, empty ones too ("" gives one
+/// empty part).
+inline std::vector<std::string> split_keeping_empty(const std::string& text, char separator) {
+  std::vector<std::string> out(1);
+  for (const char c : text) {
+    if (c == separator)
+      out.emplace_back();
+    else
+      out.back() += c;
   }
   return out;
 }
 
-/// `parts` joined by `separator`.
-inline std::string join(const std::vector<std::string>& parts, const std::string& separator = ",") {
-  std::string out;
-  for (size_t i = 0; i < parts.size(); ++i) out += (i ? separator : "") + parts[i];
+} // namespace detail
+
+/// The non-empty parts of `text` between `separator`s.
+inline std::vector<std::string> split_list(const std::string& text, char separator = ',') {
+  std::vector<std::string> out;
+  for (auto& part : detail::split_keeping_empty(text, separator))
+    if (!part.empty()) out.push_back(std::move(part));
   return out;
 }
 
@@ -39,12 +43,9 @@ inline std::string join(const std::vector<std::string>& parts, const std::string
 /// comma is allowed): seeds, say. `what` names the setting in errors.
 inline std::vector<uint64_t> parse_seed_list(const std::string& text, const std::string& what) {
   std::vector<uint64_t> seeds;
-  size_t start = 0;
-  while (start <= text.size()) {
-    const size_t comma = std::min(text.find(',', start), text.size());
-    const std::string part = text.substr(start, comma - start);
-    start = comma + 1;
-    if (part.empty() && comma == text.size() && !seeds.empty()) break;  // a trailing comma
+  auto parts = detail::split_keeping_empty(text, ',');
+  if (parts.size() > 1 && parts.back().empty()) parts.pop_back();  // a trailing comma
+  for (const auto& part : parts) {
     size_t used = 0;
     unsigned long long value = 0;
     try {
@@ -58,17 +59,13 @@ inline std::vector<uint64_t> parse_seed_list(const std::string& text, const std:
       throw Error(what + ": seed " + part + " is given twice (the ensemble would average a model with itself)");
     seeds.push_back(value);
   }
-  if (seeds.empty()) throw Error(what + ": no seed given");
   return seeds;
 }
 
 /// "512,256" as positive widths.
 inline std::vector<int64_t> parse_width_list(const std::string& text, const std::string& what) {
   std::vector<int64_t> out;
-  size_t start = 0;
-  while (start <= text.size()) {
-    const size_t comma = std::min(text.find(',', start), text.size());
-    const std::string part = text.substr(start, comma - start);
+  for (const auto& part : detail::split_keeping_empty(text, ',')) {
     size_t used = 0;
     long long v = 0;
     try {
@@ -79,7 +76,6 @@ inline std::vector<int64_t> parse_width_list(const std::string& text, const std:
     if (part.empty() || used != part.size() || v < 1)
       throw Error(what + ": '" + text + "' is not a list of positive widths (e.g. 512,256)");
     out.push_back(v);
-    start = comma + 1;
   }
   return out;
 }

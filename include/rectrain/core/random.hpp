@@ -59,6 +59,12 @@ class FastRng {
 };
 
 } // namespace detail
+
+/// The RNG and stream seeds rectrain's samplers and initialisers draw from,
+/// for code that must reproduce their draws (or wants a fast seedable RNG).
+using detail::FastRng;
+using detail::stream_seed;
+
 } // namespace rectrain
 
 #include <cmath>

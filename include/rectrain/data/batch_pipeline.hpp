@@ -60,6 +60,8 @@ class BatchPipeline {
   const BatchPipelineOptions& options() const noexcept { return options_; }
   /// The sampler batches come from.
   const BatchSampler& sampler() const noexcept { return sampler_; }
+  /// The sampler, for saving and loading its progress between epochs.
+  BatchSampler& sampler() noexcept { return sampler_; }
 
   /// Changes the worker count (takes effect at the next start_epoch).
   void set_workers(int64_t workers) {

@@ -48,7 +48,7 @@ class BatchSpec {
   Batch gather(const torch::Tensor& rows, bool pin = false) const {
     if (rows.dim() != 2 || rows.scalar_type() != torch::kInt64)
       throw TensorError(detail::concat("BatchSpec::gather rows: expected [B, G] int64, got ",
-                                       rows.toString(), " ", rows.sizes()));
+                                       detail::type_and_shape_of(rows)));
     Batch batch;
     batch.rows = rows;
     batch.mask = rows >= 0;

@@ -12,6 +12,10 @@
 
 #include <torch/torch.h>
 
+#include <algorithm>
+#include <string>
+#include <vector>
+
 namespace rectrain {
 
 namespace detail {
@@ -73,6 +77,32 @@ inline BatchSpec candidate_batch_spec(const Dataset& ds, const Vocabulary& model
                                          remap_ids(ds.items["source"], ds.source_ids, model.sources));
   if (c.contains("target")) spec.label("target", c["target"], {}, torch::kFloat32);
   return spec;
+}
+
+/// The signals of `train` a head can learn beside the target: each standard
+/// signal its interactions really record (a constant column, like
+/// mlsmall's share and bookmarks, is left out) and, with `extra`, each other
+/// numeric column that varies, as "name:binary" (a 0/1 column) or
+/// "name:regression" (add_signal_head's names). `unused` collects the
+/// non-standard columns left out.
+inline std::vector<std::string> trainable_signals(const Dataset& train, bool extra = false,
+                                                  std::vector<std::string>* unused = nullptr) {
+  std::vector<std::string> out;
+  const auto& standard = standard_signals();
+  for (const auto& name : train.signal_names()) {
+    const auto& column = train.interactions[name];
+    const bool varies = column.numel() > 0 && (column.max() > column.min()).item<bool>();
+    const bool is_standard = std::find(standard.begin(), standard.end(), name) != standard.end();
+    if (is_standard) {
+      if (varies) out.push_back(name);
+    } else if (extra && varies) {
+      const bool binary = ((column == 0) | (column == 1)).all().item<bool>();
+      out.push_back(name + (binary ? ":binary" : ":regression"));
+    } else if (unused) {
+      unused->push_back(name);
+    }
+  }
+  return out;
 }
 
 } // namespace rectrain

@@ -458,4 +458,12 @@ inline Dataset load_dataset_cache(const std::string& path, const DatasetOptions&
   return ds;
 }
 
+/// load_dataset_cache for a file (a save_dataset_cache cache), load_dataset
+/// for a directory.
+inline Dataset load_dataset_or_cache(const std::string& path, const DatasetOptions& options = {}) {
+  struct stat st {};
+  if (::stat(path.c_str(), &st) == 0 && S_ISREG(st.st_mode)) return load_dataset_cache(path, options);
+  return load_dataset(path, options);
+}
+
 } // namespace rectrain

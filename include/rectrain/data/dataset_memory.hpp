@@ -11,6 +11,7 @@
 
 #include <rectrain/core/error.hpp>
 #include <rectrain/core/mapped_file.hpp>
+#include <rectrain/core/parse.hpp>
 #include <rectrain/core/torch_archive.hpp>
 #include <rectrain/data/csv.hpp>
 
@@ -56,6 +57,15 @@ inline int64_t available_memory_bytes() {
   while (in >> key >> kib >> unit)
     if (key == "MemAvailable:") return kib * 1024;
   return 0;
+}
+
+/// A memory budget for DatasetOptions::memory_budget from text: "auto"
+/// (the memory available now), "none" or 0 (no budget), or a size with an
+/// optional binary suffix (512M, 12G, 1.5T). `what` names it in errors.
+inline int64_t parse_memory_budget(const std::string& text, const std::string& what) {
+  if (text == "auto") return available_memory_bytes();
+  if (text == "none") return 0;
+  return parse_byte_size(text, what);
 }
 
 namespace detail {

@@ -62,17 +62,15 @@ class GroupSampler : public torch::data::samplers::Sampler<RowBlock>, public Bat
       throw Error(detail::concat("GroupSampler: batch_size must be >= 1, got ",
                                  options_.batch_size()));
     if (!users.defined() || users.dim() != 1 || users.scalar_type() != torch::kInt64)
-      throw TensorError(detail::concat("GroupSampler users: expected a 1-D int64 tensor, got ",
-                                       users.defined() ? users.toString() : "undefined", " ",
-                                       users.defined() ? users.sizes() : at::IntArrayRef{}));
+      throw TensorError(
+          detail::concat("GroupSampler users: expected a 1-D int64 tensor, got ", detail::type_and_shape_of(users)));
     if (options_.drop_uniform()) {
       if (!targets.defined() || targets.dim() != 1 || targets.size(0) != users.size(0) ||
           at::isFloatingType(targets.scalar_type()))
         throw TensorError(detail::concat(
             "GroupSampler targets: expected a 1-D integer tensor of ", users.size(0),
             " rows (drop_uniform needs them), got ",
-            targets.defined() ? detail::concat(targets.toString(), " ", targets.sizes())
-                              : std::string("undefined")));
+            detail::type_and_shape_of(targets)));
       if (targets.device() != users.device())
         throw TensorError("GroupSampler: users and targets must be on the same device");
     }
@@ -115,6 +113,12 @@ class GroupSampler : public torch::data::samplers::Sampler<RowBlock>, public Bat
   int64_t epoch() const noexcept override { return epoch_; }
   /// Groups in the prepared epoch.
   int64_t num_groups() const noexcept { return groups_; }
+  /// Changes the groups per batch (a trainer that sizes its batches from
+  /// num_groups()); takes effect at the next batch.
+  void set_batch_size(int64_t groups) {
+    if (groups < 1) throw Error(detail::concat("GroupSampler: batch_size must be >= 1, got ", groups));
+    options_.batch_size(groups);
+  }
   /// Batches of `options().batch_size()` groups in the prepared epoch.
   int64_t num_batches() const noexcept override {
     return (groups_ + options_.batch_size() - 1) / options_.batch_size();
@@ -181,7 +185,6 @@ class GroupSampler : public torch::data::samplers::Sampler<RowBlock>, public Bat
     cursor_ = std::min(cursor.item<int64_t>(), groups_);
   }
 
- private:
  private:
   GroupSamplerOptions options_;
   torch::Device device_{torch::kCPU};

@@ -56,7 +56,7 @@ inline RankingInput ranking_input(const char* loss, const torch::Tensor& scores,
                                   const torch::Tensor& mask) {
   if (!scores.defined() || scores.dim() != 2 || !scores.is_floating_point())
     throw TensorError(concat(loss, ": scores must be a floating [B, G] tensor, got ",
-                             scores.defined() ? concat(scores.toString(), " ", scores.sizes()) : "undefined"));
+                             type_and_shape_of(scores)));
   if (!targets.defined() || targets.sizes() != scores.sizes())
     throw TensorError(concat(loss, ": targets must be shaped like scores ", scores.sizes(), ", got ",
                              shape_of(targets)));

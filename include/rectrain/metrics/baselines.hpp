@@ -6,8 +6,13 @@
 #include <rectrain/core/compat.hpp>
 #include <rectrain/core/error.hpp>
 #include <rectrain/data/dataset.hpp>
+#include <rectrain/metrics/ranking.hpp>
 
 #include <torch/torch.h>
+
+#include <string>
+#include <utility>
+#include <vector>
 
 namespace rectrain {
 
@@ -45,6 +50,22 @@ inline torch::Tensor like_rate_scores(const Dataset& ds, double strength = 2.0) 
                          .index_add_(0, ds.interactions["item"], ds.interactions["like"].to(torch::kFloat64));
   const double p = likes.sum().item<double>() / std::max(1.0, views.sum().item<double>());
   return detail::candidate_item_scores(ds, (likes + strength * p) / (views + strength), p).to(torch::kFloat32);
+}
+
+/// The three baselines' candidate scores by name: random (with `seed`),
+/// popularity, like_rate.
+inline std::vector<std::pair<std::string, torch::Tensor>> baseline_scores(const Dataset& ds, uint64_t seed) {
+  return {{"random", random_scores(ds.candidates.num_rows(), seed)},
+          {"popularity", popularity_scores(ds)},
+          {"like_rate", like_rate_scores(ds)}};
+}
+
+/// GAUC of scores for every candidates row against their target column,
+/// users by raw id (so users the interactions never saw count too). An
+/// Error when the candidates have no target.
+inline GroupMetric candidate_gauc(const Dataset& ds, const torch::Tensor& scores) {
+  if (!ds.candidates.contains("target")) throw Error("candidate_gauc: the candidates have no target column");
+  return gauc(ds.candidates["user_id"], ds.candidates["target"], scores);
 }
 
 } // namespace rectrain

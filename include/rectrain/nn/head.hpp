@@ -45,6 +45,26 @@ inline torch::Tensor masked_mean(const torch::Tensor& elementwise, const torch::
   return kept.sum() / mask.sum().clamp_min(1).to(elementwise.scalar_type());
 }
 
+/// The weighted mean Σ w·x / Σ w over the true entries of `mask` (0 when
+/// their weights sum to 0): per-row weights (a sample weight, a class
+/// weight per label) shaped like `elementwise`, finite and >= 0.
+inline torch::Tensor masked_mean(const torch::Tensor& elementwise, const torch::Tensor& mask,
+                                 const torch::Tensor& weights) {
+  if (!weights.defined() || weights.sizes() != elementwise.sizes() || !weights.is_floating_point())
+    throw TensorError(detail::concat("masked_mean: weights must be a floating tensor shaped like the loss ",
+                                     elementwise.sizes(), ", got ", detail::type_and_shape_of(weights)));
+  if (mask.defined() && mask.sizes() != elementwise.sizes())
+    throw TensorError(
+        detail::concat("masked_mean: mask ", mask.sizes(), " does not match the loss ", elementwise.sizes()));
+  const auto keep = mask.defined() ? mask : torch::ones_like(elementwise, torch::kBool);
+  const auto w = torch::where(keep, weights.to(elementwise.scalar_type()), torch::zeros_like(elementwise));
+  if (!torch::isfinite(w).all().item<bool>() || (w < 0).any().item<bool>())
+    throw TensorError("masked_mean: weights must be finite and >= 0");
+  const auto kept = torch::where(keep, elementwise, torch::zeros_like(elementwise));
+  const auto total = w.sum();
+  return (kept * w).sum() / torch::where(total > 0, total, torch::ones_like(total));
+}
+
 namespace detail {
 
 /// `label` of `batch`, checked to match `prediction`'s [B, G] shape and

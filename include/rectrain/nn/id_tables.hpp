@@ -69,7 +69,12 @@ inline std::shared_ptr<CategoricalFeatureImpl> find_categorical_feature(const to
 /// (embedding_table builds either from ALS factors). The shape must match
 /// the table's; NaN and Inf are refused.
 inline void set_table(const torch::nn::Module& root, const std::string& name, const torch::Tensor& table) {
-  find_categorical_feature(root, name)->set_weight(table);
+  const auto [path, feature] = detail::match_categorical_feature(root, name);
+  try {
+    feature->set_weight(table);
+  } catch (const TensorError& e) {
+    throw TensorError(detail::concat("set_table('", name, "', ", path, "): ", e.what()));
+  }
 }
 
 /// The weight parameters' names (named_parameters() keys) of the id tables

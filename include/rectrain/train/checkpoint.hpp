@@ -263,4 +263,18 @@ class Checkpoint {
   std::vector<Entry> entries_;
 };
 
+/// Saves `module`'s parameters and buffers to `path` (a Checkpoint with the
+/// one entry "model", written atomically).
+inline void save_module(const std::string& path, torch::nn::Module& module) {
+  Checkpoint().add("model", module).save(path);
+}
+
+/// Loads save_module's file (or any checkpoint with a "model" entry) into
+/// `module`, refusing a file whose tensors have other names or shapes:
+/// torch::load would take the file's shapes and leave a model of other
+/// sizes than the one built.
+inline void load_module(const std::string& path, torch::nn::Module& module) {
+  Checkpoint().add("model", module).load(path);
+}
+
 } // namespace rectrain

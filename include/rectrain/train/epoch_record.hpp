@@ -36,6 +36,10 @@ struct EpochRecord {
   /// The record of a to_json() line; an Error naming `where` for anything
   /// else.
   static EpochRecord from_json(const std::string& line, const std::string& where);
+  /// One line for a log: "seed 1 epoch 0 (frozen): loss 0.51234, valid
+  /// GAUC 0.612345 (200 users), 51234 rows/s, data wait 1.2%, model 12.3
+  /// GFLOP/s = 45% of torch::mm's 27.1, 3.4 s" (the GFLOP/s when measured).
+  std::string summary() const;
 };
 
 namespace detail {
@@ -187,6 +191,27 @@ inline EpochRecord EpochRecord::from_json(const std::string& line, const std::st
   if (!seen_seed || !seen_epoch) throw Error(detail::concat(where, ": an epoch record needs seed and epoch: '", line, "'"));
   r.stats.wait_seconds = std::isfinite(wait_share) ? wait_share * r.stats.seconds : 0;
   return r;
+}
+
+inline std::string EpochRecord::summary() const {
+  char buf[320];
+  int n = std::snprintf(buf, sizeof buf, "seed %llu epoch %lld%s: loss %.5f, valid GAUC %.6f (%lld users), %.0f rows/s, "
+                        "data wait %.1f%%", static_cast<unsigned long long>(seed), static_cast<long long>(stats.epoch),
+                        frozen ? " (frozen)" : "", stats.loss, validation.value, static_cast<long long>(validation.users),
+                        stats.rows_per_second(), 100 * stats.data_wait_share());
+  if (std::isfinite(model_gflops) && std::isfinite(mm_gflops) && n > 0 && n < static_cast<int>(sizeof buf))
+    n += std::snprintf(buf + n, sizeof buf - static_cast<size_t>(n), ", model %.1f GFLOP/s = %.0f%% of torch::mm's %.1f",
+                       model_gflops, 100 * model_gflops / mm_gflops, mm_gflops);
+  if (n > 0 && n < static_cast<int>(sizeof buf))
+    std::snprintf(buf + n, sizeof buf - static_cast<size_t>(n), ", %.1f s", stats.seconds);
+  return buf;
+}
+
+/// One to_json() line per record: metrics.jsonl's lines.
+inline std::vector<std::string> to_json_lines(const std::vector<EpochRecord>& records) {
+  std::vector<std::string> out;
+  for (const auto& r : records) out.push_back(r.to_json());
+  return out;
 }
 
 /// The speed of a whole run: its epochs' products over their seconds, and

@@ -7,10 +7,13 @@
 #include <rectrain/core/compat.hpp>
 #include <rectrain/core/error.hpp>
 #include <rectrain/data/dataset.hpp>
+#include <rectrain/metrics/ranking.hpp>
 
 #include <torch/torch.h>
 
 #include <algorithm>
+#include <string>
+#include <utility>
 #include <vector>
 
 namespace rectrain {
@@ -92,6 +95,43 @@ inline Dataset with_interactions(const Dataset& ds, const torch::Tensor& rows) {
   Dataset out = ds;
   out.interactions = ds.interactions.select(rows);
   return out;
+}
+
+/// A dataset split for training with validation: the held-out users' last
+/// views in a dataset of their own, one group per user, and the rest.
+struct HoldoutSplit {
+  /// The interactions left for training (the rest of the dataset as it was).
+  Dataset train;
+  /// The held-out views only; valid_rows indexes its interactions.
+  Dataset valid;
+  /// [users, views] rows of valid.interactions: each held-out user's group,
+  /// oldest view first (score_groups takes it as it is).
+  torch::Tensor valid_rows;
+  /// The held-out users' dense indices and the targets of their views, in
+  /// the order of valid.interactions: gauc() of them against the scores.
+  torch::Tensor valid_users, valid_targets;
+};
+
+/// Splits `ds` (taken: the training rows replace its interactions, so the
+/// whole set is never held twice) with holdout_last_views. Throws when no
+/// held-out user has two different targets among their held-out views:
+/// validation GAUC would be undefined.
+inline HoldoutSplit split_holdout(Dataset ds, const HoldoutOptions& options = {}) {
+  Holdout holdout = holdout_last_views(ds, options);
+  HoldoutSplit split;
+  split.valid = with_interactions(ds, holdout.valid_rows.reshape(-1));
+  split.valid_rows = torch::arange(split.valid.num_interactions()).view(holdout.valid_rows.sizes());
+  split.valid_users = split.valid.interactions["user"];
+  split.valid_targets = split.valid.interaction_targets();
+  const auto scorable = gauc(split.valid_users, split.valid_targets, torch::zeros({split.valid_users.numel()})).users;
+  if (scorable == 0)
+    throw Error(detail::concat("validation: none of the ", holdout.valid_users.numel(),
+                               " held-out users has two different targets (like, neutral, dislike) in their last ",
+                               options.views(), " views, so validation GAUC is undefined; hold out more users "
+                               "(a larger fraction or max_users), or check the like and dislike columns"));
+  split.train = std::move(ds);
+  split.train.interactions = split.train.interactions.select(holdout.train_rows);
+  return split;
 }
 
 } // namespace rectrain

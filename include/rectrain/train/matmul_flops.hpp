@@ -11,6 +11,7 @@
 //   const double mm = matmul_gflops(products, device);
 
 #include <rectrain/nn/ranker.hpp>
+#include <rectrain/train/epoch_record.hpp>
 
 #include <torch/torch.h>
 
@@ -110,6 +111,18 @@ inline double matmul_gflops(const std::vector<MatmulShape>& products, torch::Dev
   }
   std::nth_element(seconds.begin(), seconds.begin() + static_cast<std::ptrdiff_t>(seconds.size() / 2), seconds.end());
   return matmul_flops(products) / seconds[seconds.size() / 2] / 1e9;
+}
+
+/// Fills `record`'s model_gflops (the step's products of `ranker`, trained
+/// with `batch_rows` rows a batch, at the rate its epoch ran) and mm_gflops
+/// (plain torch::mm on the same shapes, on `device` in `dtype`, timed now).
+/// For Trainer's measure hook.
+inline void measure_matmul_rates(EpochRecord& record, const Ranker& ranker, int64_t batch_rows, torch::Device device,
+                                 torch::ScalarType dtype = torch::kFloat) {
+  const auto products = training_matmuls(ranker, batch_rows);
+  record.model_gflops =
+      matmul_flops(products) / static_cast<double>(batch_rows) * record.stats.rows_per_second() / 1e9;
+  record.mm_gflops = matmul_gflops(products, device, 5, dtype);
 }
 
 } // namespace rectrain

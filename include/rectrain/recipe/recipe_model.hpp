@@ -1,0 +1,157 @@
+#pragma once
+// The challenge recipe's model (DESIGN.md) from its RecipeSettings: user
+// tower (id, gender, age), item tower (id, source, duration, content
+// vector, view count), the shared MLP, the target's pairwise-margin ranking
+// head and a head per signal. RecipeModelFile keeps a trained one with what
+// scoring it needs (settings, heads, id maps, score scale), so a program
+// can load a model rectrain-vk trained and score data with it:
+//
+//   const auto file = RecipeModelFile::read("out/model-seed1.pt");
+//   auto model = file.load_model("out/model-seed1.pt");
+//   const auto scores = file.score_candidates(model, dataset, item_view_counts(dataset));
+
+#include <rectrain/core/error.hpp>
+#include <rectrain/core/parse.hpp>
+#include <rectrain/data/batch_spec.hpp>
+#include <rectrain/data/challenge_schema.hpp>
+#include <rectrain/data/dataset.hpp>
+#include <rectrain/data/vocabulary.hpp>
+#include <rectrain/metrics/baselines.hpp>
+#include <rectrain/nn/categorical_feature.hpp>
+#include <rectrain/nn/dense_feature.hpp>
+#include <rectrain/nn/numeric_feature.hpp>
+#include <rectrain/nn/ranker.hpp>
+#include <rectrain/nn/ranking_head.hpp>
+#include <rectrain/nn/signal_heads.hpp>
+#include <rectrain/nn/tower.hpp>
+#include <rectrain/recipe/recipe_settings.hpp>
+#include <rectrain/train/checkpoint.hpp>
+#include <rectrain/train/ensemble.hpp>
+#include <rectrain/train/scoring.hpp>
+
+#include <torch/torch.h>
+
+#include <cmath>
+#include <string>
+#include <vector>
+
+namespace rectrain {
+
+/// The sizes a recipe model's tables and inputs are built with.
+struct RecipeShape {
+  int64_t users = 0, items = 0, sources = 0, embedding_dim = 0;
+  static RecipeShape of(const Dataset& ds) { return {ds.num_users(), ds.num_items(), ds.num_sources(), ds.embedding_dim()}; }
+};
+
+/// The recipe's Ranker with a head per `signals` (trainable_signals'
+/// names). Numeric features are fitted on `fit_on` when given (training);
+/// otherwise a trained model's statistics are loaded into them.
+inline Ranker build_recipe_ranker(const RecipeShape& shape, const RecipeSettings& s,
+                                  const std::vector<std::string>& signals, const Dataset* fit_on = nullptr) {
+  // Random tables start with rows of about unit norm, like normalised ALS
+  // rows, so training without ALS changes the initial values and nothing else.
+  auto id_table = [&s](int64_t n, int64_t dim) {
+    return CategoricalFeature(CategoricalFeatureOptions(n, dim)
+                                  .init_std(1.0 / std::sqrt(static_cast<double>(dim)))
+                                  .sparse(s.table_update != "adam"));
+  };
+  const auto log_scaled = NumericFeatureOptions().scaling(NumericScaling::Log1pZScore);
+  NumericFeature age, duration(log_scaled), views(log_scaled);
+  if (fit_on) {
+    age->fit(fit_on->users["age"]);
+    duration->fit(fit_on->items["duration"]);
+    if (s.popularity) views->fit(item_view_counts(*fit_on));
+  }
+  Tower user, item;
+  user->add("user", id_table(shape.users, s.item_factors + s.source_factors))
+      .add("gender", CategoricalFeature(3, 4))
+      .add("age", age);
+  item->add("item", id_table(shape.items, s.item_factors));
+  if (s.source_factors > 0) item->add("source", id_table(shape.sources, s.source_factors));
+  item->add("duration", duration);
+  if (shape.embedding_dim > 0) item->add("item_embedding", DenseFeature(shape.embedding_dim));
+  if (s.popularity) item->add("item_views", views);
+  Ranker ranker(user, item,
+                RankerOptions(MlpBlocks(s.hidden).dropout(s.dropout).normalization(s.mlp_normalization())));
+  ranker->add_head("target", RankingHead(RankingHeadOptions(ranker->hidden_dim())
+                                             .loss(RankingLossOptions(RankingLossKind::PairwiseMargin)
+                                                       .pairwise(PairwiseLossOptions().margin(s.margin)))));
+  for (const auto& signal : signals) add_signal_head(*ranker, signal);
+  return ranker;
+}
+
+/// `spec` (the standard columns of some rows, whose items are `items`) plus
+/// the column only the recipe reads: item_views (`views`, item_view_counts
+/// over the interactions the model may know of), when that feature is on.
+inline BatchSpec with_recipe_columns(BatchSpec spec, const RecipeSettings& s, const torch::Tensor& views,
+                                     const torch::Tensor& items) {
+  if (s.popularity) spec.feature("item_views", views, items);
+  return spec;
+}
+
+/// A trained recipe model's file: the weights ("model") and, beside them,
+/// the settings and heads it was built with, its input width, its training
+/// data's fingerprint (DatasetFingerprint's text), the id maps of its
+/// tables (it is indexed by raw id, whatever the numbering of the data it
+/// scores) and its score scale on its validation rows (for ensembles).
+struct RecipeModelFile {
+  RecipeSettings settings;
+  std::vector<std::string> signals;
+  int64_t embedding_dim = 0;
+  std::string data;
+  Vocabulary vocabulary;
+  ScoreScale scale;
+
+  RecipeShape shape() const {
+    return {vocabulary.users.size(), vocabulary.items.size(), vocabulary.sources.size(), embedding_dim};
+  }
+
+  /// Writes the header and `model`'s weights (atomically).
+  void save(const std::string& path, Ranker& model) const {
+    RecipeModelFile copy = *this;
+    std::string settings_text = settings.to_text(), signals_text = join(signals);
+    copy.header(settings_text, signals_text).add("model", *model).save(path);
+  }
+
+  /// The header of `path` (not the weights).
+  static RecipeModelFile read(const std::string& path) {
+    RecipeModelFile out;
+    std::string settings_text, signals_text;
+    out.header(settings_text, signals_text).load(path);
+    out.settings = RecipeSettings::from_text(settings_text, path);
+    out.signals = split_list(signals_text);
+    return out;
+  }
+
+  /// The model the header describes, with the file's weights; a file whose
+  /// tensors have other shapes is refused.
+  Ranker load_model(const std::string& path) const {
+    auto model = build_recipe_ranker(shape(), settings, signals);
+    load_module(path, *model);
+    return model;
+  }
+
+  /// Target-head scores of every candidates row of `ds` (`views`: item view
+  /// counts over the interactions known when scoring), raw ids mapped
+  /// through the model's vocabulary.
+  torch::Tensor score_candidates(Ranker& model, const Dataset& ds, const torch::Tensor& views,
+                                 ScoreOptions options = {}) const {
+    if (embedding_dim != ds.embedding_dim())
+      throw Error(detail::concat("RecipeModelFile: the model reads ", embedding_dim, "-wide item content vectors, but the dataset's "
+                                 "items have ", ds.embedding_dim(), "; score data with the training data's columns"));
+    if (settings.bf16 && !options.autocast()) options.autocast(at::kBFloat16);
+    const auto spec = with_recipe_columns(candidate_batch_spec(ds, vocabulary), settings, views, ds.candidates["item"]);
+    return score_groups(model, spec, torch::arange(ds.candidates.num_rows()).view({-1, 1}), options).view(-1);
+  }
+
+ private:
+  Checkpoint header(std::string& settings_text, std::string& signals_text) {
+    Checkpoint c;
+    c.add("config", settings_text).add("signals", signals_text).add("embedding_dim", embedding_dim).add("data", data);
+    c.add("score_mean", scale.mean).add("score_std", scale.std);
+    c.add("user_ids", vocabulary.users).add("item_ids", vocabulary.items).add("source_ids", vocabulary.sources);
+    return c;
+  }
+};
+
+} // namespace rectrain

@@ -1,0 +1,115 @@
+#pragma once
+// RecipeSettings: every setting of the challenge recipe (DESIGN.md), as one
+// Settings table: the fields a trainer sets, the flags rectrain-vk derives
+// from them (--item-factors, --no-als, ...), the key=value text saved in
+// every model file, and the range checks. 0 for a size means "from the
+// data" (adapt_to).
+//
+//   RecipeSettings recipe;
+//   recipe.unfrozen_epochs = 2;
+//   recipe.validate();
+//   const std::string text = recipe.to_text();  // item_factors=0\nsource_factors=0\nhidden=512,256\n...
+
+#include <rectrain/core/error.hpp>
+#include <rectrain/core/settings.hpp>
+#include <rectrain/data/dataset.hpp>
+#include <rectrain/nn/mlp.hpp>
+
+#include <algorithm>
+#include <string>
+#include <vector>
+
+namespace rectrain {
+
+struct RecipeSettings {
+  int64_t item_factors = 0, source_factors = 0;
+  std::vector<int64_t> hidden{512, 256};
+  double dropout = 0.1;
+  std::string normalization = "layernorm";
+  double margin = 1.0;
+  bool popularity = true;
+  int64_t frozen_epochs = 5, unfrozen_epochs = 1;
+  bool freeze = true, als = true;
+  int64_t als_iterations = 15;
+  double als_regularization = 0.01, lr = 3e-3, weight_decay = 0;
+  int64_t group_size = 20, batch_groups = 0;
+  double clip_grad_norm = 0;
+  std::string table_update = "sparse";
+  bool bf16 = false, extra_heads = false;
+  double holdout_fraction = 0.1;
+  int64_t holdout_users = 20000;
+
+  /// The table of fields: keys, help, ranges (bound to this object).
+  Settings settings() {
+    Settings s;
+    s.add("item_factors", item_factors, "Item-ALS factors / id embedding width (0: from data size)")
+        .at_least(0).at_most(4096).note("0: from the data size");
+    s.add("source_factors", source_factors, "Source-ALS factors (0: half the item factors)")
+        .at_least(0).at_most(4096).note("0: half the item factors");
+    s.add("hidden", hidden, "Widths of the shared MLP, comma-separated").at_least(1);
+    s.add("dropout", dropout, "Dropout after each MLP block").at_least(0).below(1);
+    s.add("normalization", normalization, "layernorm, batchnorm or none").one_of({"layernorm", "batchnorm", "none"});
+    s.add("margin", margin, "Pairwise margin of the target head").at_least(0);
+    s.add("popularity", popularity, "Leave out the item view-count feature");
+    s.add("frozen_epochs", frozen_epochs, "Epochs with id embeddings frozen").at_least(0);
+    s.add("unfrozen_epochs", unfrozen_epochs, "Epochs after, everything trained").at_least(0);
+    s.add("freeze", freeze, "Never freeze the id embeddings");
+    s.add("als", als, "Random id embeddings instead of ALS factors");
+    s.add("als_iterations", als_iterations, "ALS iterations").at_least(1);
+    s.add("als_regularization", als_regularization, "ALS lambda").at_least(0);
+    s.add("lr", lr, "Adam learning rate").above(0);
+    s.add("weight_decay", weight_decay, "Adam weight decay").at_least(0);
+    s.add("group_size", group_size, "Views per group (the test's 20)")
+        .at_least(2).note("the target head ranks views within a group");
+    s.add("batch_groups", batch_groups, "Groups per batch (0: from data size)").at_least(0).note("0: from the data size");
+    s.add("clip_grad_norm", clip_grad_norm, "Clip the gradient norm (0: off)").at_least(0).note("0: off");
+    s.add("table_update", table_update,
+          "Unfrozen id tables: sparse (Adam's update from sparse gradients, one pass), adam (dense gradients, "
+          "torch::optim::Adam), lazy (only the rows each batch used)")
+        .one_of({"sparse", "adam", "lazy"});
+    s.add("bf16", bf16, "Forward passes under bfloat16 autocast (on CPU: only one with native bf16)");
+    s.add("extra_heads", extra_heads,
+          "Train a head on each extra numeric column of interactions (binary for 0/1 columns, regression otherwise)");
+    s.add("holdout_fraction", holdout_fraction, "Share of eligible users held out for validation").above(0).at_most(1);
+    s.add("holdout_users", holdout_users, "At most this many validation users").at_least(1);
+    return s;
+  }
+  std::string to_text() const { return RecipeSettings(*this).settings().to_text(); }
+  /// to_text()'s text back (checked); `where` names it in errors.
+  static RecipeSettings from_text(const std::string& text, const std::string& where) {
+    RecipeSettings r;
+    auto s = r.settings();
+    s.from_text(text, where);
+    r.validate();
+    return r;
+  }
+
+  int64_t epochs() const { return frozen_epochs + unfrozen_epochs; }
+  Normalization mlp_normalization() const {
+    if (normalization == "batchnorm") return Normalization::BatchNorm;
+    return normalization == "none" ? Normalization::None : Normalization::LayerNorm;
+  }
+  /// Throws, naming the flag, on any setting out of its range.
+  void validate() const {
+    RecipeSettings(*this).settings().validate();
+    if (epochs() < 1) throw Error("--frozen-epochs and --unfrozen-epochs are both 0: nothing would be trained");
+  }
+
+  /// Fills the sizes left at 0 from the training data and its number of
+  /// groups. Small data gets narrower ALS factors (a 256-wide factorisation
+  /// of a few hundred users is mostly noise) and smaller batches (enough
+  /// optimiser steps per epoch).
+  void adapt_to(const Dataset& train, int64_t train_groups) {
+    auto pow2_floor = [](double x) {
+      int64_t p = 1;
+      while (static_cast<double>(p * 2) <= x) p *= 2;
+      return p;
+    };
+    if (item_factors == 0) item_factors = std::clamp<int64_t>(pow2_floor(train.num_users() / 8.0), 16, 256);
+    if (source_factors == 0) source_factors = std::max<int64_t>(8, item_factors / 2);
+    if (train.num_sources() == 0) source_factors = 0;
+    if (batch_groups == 0) batch_groups = std::clamp<int64_t>(pow2_floor(train_groups / 250.0), 16, 1024);
+  }
+};
+
+} // namespace rectrain
