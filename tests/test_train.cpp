@@ -519,6 +519,13 @@ TEST_CASE("rectrain-vk train, predict and --resume", "[train][cli]") {
   for (const char* file : {"predictions.csv", "metrics.jsonl", "model-seed1.pt", "model-seed2.pt",
                            "checkpoint-seed1.pt", "learning_curve.dat", "learning_curve.gp"})
     CHECK(fs::exists(dir.file("full/") + file));
+  // The same seeds give the same bytes (a fresh run into another --out);
+  // other seeds give others.
+  REQUIRE_THAT(vk_out("train" + flags + " --out " + dir.file("again")), Catch::Contains("train: done"));
+  CHECK(read_file(dir.file("again/predictions.csv")) == read_file(dir.file("full/predictions.csv")));
+  const std::string other_seeds = flags.substr(0, flags.find(" --seeds")) + " --seeds 3,4";
+  REQUIRE_THAT(vk_out("train" + other_seeds + " --out " + dir.file("other")), Catch::Contains("train: done"));
+  CHECK(read_file(dir.file("other/predictions.csv")) != read_file(dir.file("full/predictions.csv")));
   const auto log = read_file(dir.file("full/metrics.jsonl"));
   CHECK(std::count(log.begin(), log.end(), '\n') == 4);
   CHECK_THAT(log, Catch::Contains("{\"seed\":1,\"epoch\":0,\"frozen\":true,\"loss\":") &&

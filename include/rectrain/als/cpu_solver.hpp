@@ -267,6 +267,52 @@ class CpuAlsSolver {
     }
   }
 
+  /// Conjugate gradients on the k rows in w.x (their starting points, in the
+  /// eigenbasis, where YᵀY + λI is diag(`lambda`)), `steps` at most, each
+  /// row stopping on its own; `pass(j, residual, v, acc)` adds row j's data
+  /// term (see solve_cg).
+  template <typename Pass>
+  static void cg_rows(CgWorkspace& w, int64_t k, const Vector& lambda, int64_t steps, const Pass& pass) {
+    const auto apply_gram = [&](const Matrix& in, Matrix& out) { out.noalias() = lambda.asDiagonal() * in; };
+    // r = b − A x, as −(YᵀY + λI) x + Σ (c − (c − 1) yᵀx) y.
+    apply_gram(w.x, w.r);
+    w.r = -w.r;
+    for (int64_t j = 0; j < k; ++j) pass(j, true, w.x.col(j).data(), w.r.col(j).data());
+    w.p = w.r;
+    w.rs.resize(static_cast<size_t>(k));
+    w.active.assign(static_cast<size_t>(k), 1);
+    for (int64_t j = 0; j < k; ++j) {
+      w.rs[static_cast<size_t>(j)] = w.r.col(j).squaredNorm();
+      if (w.rs[static_cast<size_t>(j)] < T(1e-20)) w.active[static_cast<size_t>(j)] = 0;
+    }
+    for (int64_t step = 0; step < steps; ++step) {
+      apply_gram(w.p, w.ap);
+      bool any = false;
+      for (int64_t j = 0; j < k; ++j) {
+        if (!w.active[static_cast<size_t>(j)]) continue;
+        pass(j, false, w.p.col(j).data(), w.ap.col(j).data());
+        const T pap = w.p.col(j).dot(w.ap.col(j));
+        T& rs = w.rs[static_cast<size_t>(j)];
+        if (!(pap > 0)) {
+          w.active[static_cast<size_t>(j)] = 0;
+          continue;
+        }
+        const T alpha = rs / pap;
+        w.x.col(j) += alpha * w.p.col(j);
+        w.r.col(j) -= alpha * w.ap.col(j);
+        const T rs_new = w.r.col(j).squaredNorm();
+        if (rs_new < T(1e-20)) {
+          w.active[static_cast<size_t>(j)] = 0;
+          continue;
+        }
+        w.p.col(j) = w.r.col(j) + (rs_new / rs) * w.p.col(j);
+        rs = rs_new;
+        any = true;
+      }
+      if (!any) break;
+    }
+  }
+
   void solve_cg(const AlsSide& side, const std::vector<int64_t>& order, torch::Tensor& x, const torch::Tensor& y,
                 Scratch& scratch) {
     const CsrMatrix& m = side.m;
@@ -334,48 +380,9 @@ class CpuAlsSolver {
           VectorMap(acc, f).noalias() += rows.transpose() * t;
         }
       };
-      // out = (YᵀY + λI) in, in its eigenbasis.
-      const auto apply_gram = [&](const Matrix& in, Matrix& out) { out.noalias() = lambda.asDiagonal() * in; };
-
       w.x.resize(f, k);
       for (int64_t j = 0; j < k; ++j) w.x.col(j) = ConstVectorMap(xp + row_of(j) * f, f);
-      // r = b − A x, as −(YᵀY + λI) x + Σ (c − (c − 1) yᵀx) y.
-      apply_gram(w.x, w.r);
-      w.r = -w.r;
-      for (int64_t j = 0; j < k; ++j) pass(j, true, w.x.col(j).data(), w.r.col(j).data());
-      w.p = w.r;
-      w.rs.resize(static_cast<size_t>(k));
-      w.active.assign(static_cast<size_t>(k), 1);
-      for (int64_t j = 0; j < k; ++j) {
-        w.rs[static_cast<size_t>(j)] = w.r.col(j).squaredNorm();
-        if (w.rs[static_cast<size_t>(j)] < T(1e-20)) w.active[static_cast<size_t>(j)] = 0;
-      }
-      for (int64_t step = 0; step < steps; ++step) {
-        apply_gram(w.p, w.ap);
-        bool any = false;
-        for (int64_t j = 0; j < k; ++j) {
-          if (!w.active[static_cast<size_t>(j)]) continue;
-          pass(j, false, w.p.col(j).data(), w.ap.col(j).data());
-          const T pap = w.p.col(j).dot(w.ap.col(j));
-          T& rs = w.rs[static_cast<size_t>(j)];
-          if (!(pap > 0)) {
-            w.active[static_cast<size_t>(j)] = 0;
-            continue;
-          }
-          const T alpha = rs / pap;
-          w.x.col(j) += alpha * w.p.col(j);
-          w.r.col(j) -= alpha * w.ap.col(j);
-          const T rs_new = w.r.col(j).squaredNorm();
-          if (rs_new < T(1e-20)) {
-            w.active[static_cast<size_t>(j)] = 0;
-            continue;
-          }
-          w.p.col(j) = w.r.col(j) + (rs_new / rs) * w.p.col(j);
-          rs = rs_new;
-          any = true;
-        }
-        if (!any) break;
-      }
+      cg_rows(w, k, lambda, steps, pass);
       for (int64_t j = 0; j < k; ++j) VectorMap(xp + row_of(j) * f, f) = w.x.col(j);
     });
     torch::mm_out(x, z, q.t());  // back: x = Q z (empty rows: 0 in, 0 out)

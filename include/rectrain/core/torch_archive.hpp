@@ -175,17 +175,97 @@ inline TorchArchiveIndex index_torch_archive(const char* data, uint64_t size, co
 }
 
 /// Walks a pickle the way LibTorch's unpickler will, without building
-/// anything: every length within the bytes, every memo index assigned in
-/// order, no opcode popping more than the stack holds (or across a MARK), a
-/// STOP at the end, and every tensor storage (a persistent id) no larger
-/// than its record. Opcodes it does not know end the walk: LibTorch rejects
-/// them itself.
-inline void check_pickle(const char* data, uint64_t size, const std::string& path, const std::string& record,
-                         const TorchArchiveIndex& index) {
-  auto fail = [&](uint64_t at, const std::string& what) -> void {
-    throw InputError(path, 0, 0, "", concat("not a readable torch.save archive: ", record, " byte ", at, ": ", what));
-  };
-  using zip::le;
+/// anything (see check_pickle).
+class PickleWalker {
+ public:
+  PickleWalker(const char* bytes, uint64_t length, const std::string& file, const std::string& record_name,
+               const TorchArchiveIndex& archive)
+      : data(bytes), size(length), path(file), record(record_name), index(archive) {}
+
+  /// Walks the whole pickle; throws at the first problem.
+  void run() {
+    while (true) {
+      if (p >= size) fail(p, "no STOP");
+      const uint64_t at = p;
+      const auto op = static_cast<unsigned char>(data[p++]);
+      switch (op) {
+        case 0x80: arg(at, 1); break;                                  // PROTO
+        case 0x95: arg(at, 8); break;                                  // FRAME
+        case '(': marks.push_back(stack.size()); break;                // MARK
+        case '.': pop(at, 1); return;                                  // STOP
+        case '0': pop(at, 1); break;                                   // POP
+        case '1': pop_mark(at); break;                                 // POP_MARK
+        case '2': { auto v = pop(at, 1); stack.push_back(v[0]); stack.push_back(v[0]); break; }  // DUP
+        case 'K': push(Value::Int, static_cast<int64_t>(arg(at, 1))); break;                       // BININT1
+        case 'M': push(Value::Int, static_cast<int64_t>(arg(at, 2))); break;                       // BININT2
+        case 'J': push(Value::Int, static_cast<int32_t>(arg(at, 4))); break;                       // BININT
+        case 'G': arg(at, 8); push(Value::Other); break;               // BINFLOAT
+        case 0x8a: {                                                   // LONG1
+          const uint64_t n = arg(at, 1);
+          if (n > size - p) fail(at, "truncated");
+          int64_t v = 0;
+          if (n >= 1 && n <= 8) {
+            v = static_cast<int64_t>(zip::le(data + p, static_cast<int>(n)) << (64 - 8 * n)) >> (64 - 8 * n);
+          }
+          p += n;
+          push(n <= 8 ? Value::Int : Value::Other, v);
+          break;
+        }
+        case 0x8b: text(at, arg(at, 4)); stack.back().kind = Value::Other; break;  // LONG4
+        case 'U': case 'C': case 0x8c: text(at, arg(at, 1)); break;    // SHORT_BINSTRING, SHORT_BINBYTES, SHORT_BINUNICODE
+        case 'T': case 'B': case 'X': text(at, arg(at, 4)); break;     // BINSTRING, BINBYTES, BINUNICODE
+        case 0x8d: case 0x8e: text(at, arg(at, 8)); break;             // BINUNICODE8, BINBYTES8
+        case 'N': case 0x88: case 0x89: case ']': case '}': case 0x8f: push(Value::Other); break;
+        case ')': tuple({}); break;                                    // EMPTY_TUPLE
+        case 0x85: tuple(pop(at, 1)); break;                           // TUPLE1
+        case 0x86: tuple(pop(at, 2)); break;                           // TUPLE2
+        case 0x87: tuple(pop(at, 3)); break;                           // TUPLE3
+        case 't': tuple(pop_mark(at)); break;                          // TUPLE
+        case 'l': case 0x91: pop_mark(at); push(Value::Other); break;  // LIST, FROZENSET
+        case 'd': {                                                    // DICT
+          if (!marks.empty() && (stack.size() - marks.back()) % 2 != 0) fail(at, "DICT needs key-value pairs");
+          pop_mark(at);
+          push(Value::Other);
+          break;
+        }
+        case 'a': pop(at, 1); pop(at, 1); push(Value::Other); break;   // APPEND
+        case 's': pop(at, 2); ordered_dict(at, pop(at, 1)[0]); push(Value::Other); break;  // SETITEM
+        case 'e': case 0x90: case 'u': {                               // APPENDS, ADDITEMS, SETITEMS
+          if (op == 'u' && !marks.empty() && (stack.size() - marks.back()) % 2 != 0)
+            fail(at, "SETITEMS needs key-value pairs");
+          pop_mark(at);
+          ordered_dict(at, pop(at, 1)[0]);
+          push(Value::Other);
+          break;
+        }
+        case 'c': {                                                    // GLOBAL
+          const std::string module = line(at);
+          const std::string name = line(at);
+          push(Value::Global);
+          if (module.size() + name.size() <= 256) stack.back().text = module + "\n" + name;
+          break;
+        }
+        case 0x93: pop(at, 2); push(Value::Other); break;              // STACK_GLOBAL
+        case 'R': {                                                    // REDUCE
+          const auto call = pop(at, 2);
+          push(call[0].kind == Value::Global && call[0].text == "collections\nOrderedDict" ? Value::OrderedDict
+                                                                                          : Value::Other);
+          break;
+        }
+        case 'b': case 0x81: pop(at, 2); push(Value::Other); break;    // BUILD, NEWOBJ
+        case 0x92: pop(at, 3); push(Value::Other); break;              // NEWOBJ_EX
+        case 'Q': { const auto id = pop(at, 1); storage(at, id[0]); push(Value::Other); break; }  // BINPERSID
+        case 'q': put(at, arg(at, 1)); break;                          // BINPUT
+        case 'r': put(at, arg(at, 4)); break;                          // LONG_BINPUT
+        case 0x94: put(at, memo.size()); break;                        // MEMOIZE
+        case 'h': get(at, arg(at, 1)); break;                          // BINGET
+        case 'j': get(at, arg(at, 4)); break;                          // LONG_BINGET
+        default: return;  // LibTorch decides
+      }
+    }
+  }
+
+ private:
   // Values only as far as a persistent id needs them.
   struct Value {
     enum Kind : uint8_t { Other, Int, Str, Global, Tuple, OrderedDict } kind = Other;
@@ -193,44 +273,45 @@ inline void check_pickle(const char* data, uint64_t size, const std::string& pat
     std::string text;
     std::vector<Value> items;
   };
-  std::vector<Value> stack, memo;
-  std::vector<size_t> marks;
-  uint64_t p = 0;
-  auto arg = [&](uint64_t at, uint64_t bytes) {
+
+  [[noreturn]] void fail(uint64_t at, const std::string& what) const {
+    throw InputError(path, 0, 0, "", concat("not a readable torch.save archive: ", record, " byte ", at, ": ", what));
+  }
+  uint64_t arg(uint64_t at, uint64_t bytes) {
     if (bytes > size - p) fail(at, "truncated");
-    const uint64_t v = le(data + p, static_cast<int>(bytes));
+    const uint64_t v = zip::le(data + p, static_cast<int>(bytes));
     p += bytes;
     return v;
-  };
-  auto text = [&](uint64_t at, uint64_t bytes) {
+  }
+  void text(uint64_t at, uint64_t bytes) {
     if (bytes > size - p) fail(at, concat("a length of ", bytes, " with ", size - p, " bytes left"));
     Value v;
     v.kind = Value::Str;
     if (bytes <= 256) v.text.assign(data + p, static_cast<size_t>(bytes));
     p += bytes;
     stack.push_back(std::move(v));
-  };
-  auto push = [&](Value::Kind kind, int64_t number = 0) {
+  }
+  void push(Value::Kind kind, int64_t number = 0) {
     Value v;
     v.kind = kind;
     v.number = number;
     stack.push_back(std::move(v));
-  };
-  auto pop = [&](uint64_t at, size_t n) {
+  }
+  std::vector<Value> pop(uint64_t at, size_t n) {
     const size_t floor = marks.empty() ? 0 : marks.back();
     if (stack.size() < floor + n) fail(at, "the stack holds too few values");
     std::vector<Value> out(std::make_move_iterator(stack.end() - static_cast<std::ptrdiff_t>(n)),
                            std::make_move_iterator(stack.end()));
     stack.resize(stack.size() - n);
     return out;
-  };
-  auto pop_mark = [&](uint64_t at) {
+  }
+  std::vector<Value> pop_mark(uint64_t at) {
     if (marks.empty()) fail(at, "no MARK to pop to");
     const size_t n = stack.size() - marks.back();
     marks.pop_back();
     return pop(at, n);
-  };
-  auto tuple = [&](std::vector<Value> items) {
+  }
+  void tuple(std::vector<Value> items) {
     Value v;
     v.kind = Value::Tuple;
     // One level, five items at most (a storage id): copies through the memo
@@ -240,36 +321,36 @@ inline void check_pickle(const char* data, uint64_t size, const std::string& pat
       v.items = std::move(items);
     }
     stack.push_back(std::move(v));
-  };
-  auto line = [&](uint64_t at) {
+  }
+  std::string line(uint64_t at) {
     const void* nl = std::memchr(data + p, '\n', static_cast<size_t>(size - p));
     if (!nl) fail(at, "unterminated line");
     const auto* e = static_cast<const char*>(nl);
     std::string out(data + p, e);
     p = static_cast<uint64_t>(e - data) + 1;
     return out;
-  };
-  auto put = [&](uint64_t at, uint64_t id) {
+  }
+  void put(uint64_t at, uint64_t id) {
     if (stack.empty()) fail(at, "nothing to memoize");
     if (id > memo.size()) fail(at, concat("memo index ", id, " skips ahead of ", memo.size()));
     if (id == memo.size()) memo.push_back(stack.back());
     else memo[static_cast<size_t>(id)] = stack.back();
-  };
-  auto get = [&](uint64_t at, uint64_t id) {
+  }
+  void get(uint64_t at, uint64_t id) {
     if (id >= memo.size()) fail(at, concat("memo index ", id, " was never set"));
     stack.push_back(memo[static_cast<size_t>(id)]);
-  };
+  }
   // Python's torch.save pickles an empty OrderedDict beside every tensor
   // (its backward hooks), which LibTorch reads as None; filled, as the
   // file's own dict, LibTorch fails on an internal assert.
-  auto ordered_dict = [&](uint64_t at, const Value& target) {
+  void ordered_dict(uint64_t at, const Value& target) const {
     if (target.kind == Value::OrderedDict)
       fail(at, "the file holds a collections.OrderedDict, which LibTorch cannot read; save a plain dict "
                "instead: torch.save(dict(d), path)");
-  };
+  }
   // ('storage', torch.<Type>Storage, key, location, numel): its record must
   // hold numel elements.
-  auto storage = [&](uint64_t at, const Value& id) {
+  void storage(uint64_t at, const Value& id) const {
     if (id.kind != Value::Tuple || id.items.size() != 5 || id.items[0].text != "storage") return;
     const Value &type = id.items[1], &key = id.items[2], &numel = id.items[4];
     static const std::map<std::string, int64_t> item_bytes{
@@ -285,86 +366,27 @@ inline void check_pickle(const char* data, uint64_t size, const std::string& pat
     if (numel.number < 0 || static_cast<uint64_t>(numel.number) > r->size / static_cast<uint64_t>(bytes->second))
       fail(at, concat("storage '", key.text, "' claims ", numel.number, " elements of ", bytes->second,
                       " bytes; its record holds ", r->size, " bytes"));
-  };
-  while (true) {
-    if (p >= size) fail(p, "no STOP");
-    const uint64_t at = p;
-    const auto op = static_cast<unsigned char>(data[p++]);
-    switch (op) {
-      case 0x80: arg(at, 1); break;                                  // PROTO
-      case 0x95: arg(at, 8); break;                                  // FRAME
-      case '(': marks.push_back(stack.size()); break;                // MARK
-      case '.': pop(at, 1); return;                                  // STOP
-      case '0': pop(at, 1); break;                                   // POP
-      case '1': pop_mark(at); break;                                 // POP_MARK
-      case '2': { auto v = pop(at, 1); stack.push_back(v[0]); stack.push_back(v[0]); break; }  // DUP
-      case 'K': push(Value::Int, static_cast<int64_t>(arg(at, 1))); break;                       // BININT1
-      case 'M': push(Value::Int, static_cast<int64_t>(arg(at, 2))); break;                       // BININT2
-      case 'J': push(Value::Int, static_cast<int32_t>(arg(at, 4))); break;                       // BININT
-      case 'G': arg(at, 8); push(Value::Other); break;               // BINFLOAT
-      case 0x8a: {                                                   // LONG1
-        const uint64_t n = arg(at, 1);
-        if (n > size - p) fail(at, "truncated");
-        int64_t v = 0;
-        if (n >= 1 && n <= 8) {
-          v = static_cast<int64_t>(le(data + p, static_cast<int>(n)) << (64 - 8 * n)) >> (64 - 8 * n);
-        }
-        p += n;
-        push(n <= 8 ? Value::Int : Value::Other, v);
-        break;
-      }
-      case 0x8b: text(at, arg(at, 4)); stack.back().kind = Value::Other; break;  // LONG4
-      case 'U': case 'C': case 0x8c: text(at, arg(at, 1)); break;    // SHORT_BINSTRING, SHORT_BINBYTES, SHORT_BINUNICODE
-      case 'T': case 'B': case 'X': text(at, arg(at, 4)); break;     // BINSTRING, BINBYTES, BINUNICODE
-      case 0x8d: case 0x8e: text(at, arg(at, 8)); break;             // BINUNICODE8, BINBYTES8
-      case 'N': case 0x88: case 0x89: case ']': case '}': case 0x8f: push(Value::Other); break;
-      case ')': tuple({}); break;                                    // EMPTY_TUPLE
-      case 0x85: tuple(pop(at, 1)); break;                           // TUPLE1
-      case 0x86: tuple(pop(at, 2)); break;                           // TUPLE2
-      case 0x87: tuple(pop(at, 3)); break;                           // TUPLE3
-      case 't': tuple(pop_mark(at)); break;                          // TUPLE
-      case 'l': case 0x91: pop_mark(at); push(Value::Other); break;  // LIST, FROZENSET
-      case 'd': {                                                    // DICT
-        if (!marks.empty() && (stack.size() - marks.back()) % 2 != 0) fail(at, "DICT needs key-value pairs");
-        pop_mark(at);
-        push(Value::Other);
-        break;
-      }
-      case 'a': pop(at, 1); pop(at, 1); push(Value::Other); break;   // APPEND
-      case 's': pop(at, 2); ordered_dict(at, pop(at, 1)[0]); push(Value::Other); break;  // SETITEM
-      case 'e': case 0x90: case 'u': {                               // APPENDS, ADDITEMS, SETITEMS
-        if (op == 'u' && !marks.empty() && (stack.size() - marks.back()) % 2 != 0)
-          fail(at, "SETITEMS needs key-value pairs");
-        pop_mark(at);
-        ordered_dict(at, pop(at, 1)[0]);
-        push(Value::Other);
-        break;
-      }
-      case 'c': {                                                    // GLOBAL
-        const std::string module = line(at);
-        const std::string name = line(at);
-        push(Value::Global);
-        if (module.size() + name.size() <= 256) stack.back().text = module + "\n" + name;
-        break;
-      }
-      case 0x93: pop(at, 2); push(Value::Other); break;              // STACK_GLOBAL
-      case 'R': {                                                    // REDUCE
-        const auto call = pop(at, 2);
-        push(call[0].kind == Value::Global && call[0].text == "collections\nOrderedDict" ? Value::OrderedDict
-                                                                                        : Value::Other);
-        break;
-      }
-      case 'b': case 0x81: pop(at, 2); push(Value::Other); break;    // BUILD, NEWOBJ
-      case 0x92: pop(at, 3); push(Value::Other); break;              // NEWOBJ_EX
-      case 'Q': { const auto id = pop(at, 1); storage(at, id[0]); push(Value::Other); break; }  // BINPERSID
-      case 'q': put(at, arg(at, 1)); break;                          // BINPUT
-      case 'r': put(at, arg(at, 4)); break;                          // LONG_BINPUT
-      case 0x94: put(at, memo.size()); break;                        // MEMOIZE
-      case 'h': get(at, arg(at, 1)); break;                          // BINGET
-      case 'j': get(at, arg(at, 4)); break;                          // LONG_BINGET
-      default: return;  // LibTorch decides
-    }
   }
+
+  const char* data;
+  uint64_t size;
+  const std::string& path;
+  const std::string& record;
+  const TorchArchiveIndex& index;
+  std::vector<Value> stack, memo;
+  std::vector<size_t> marks;
+  uint64_t p = 0;
+};
+
+/// Walks a pickle the way LibTorch's unpickler will, without building
+/// anything: every length within the bytes, every memo index assigned in
+/// order, no opcode popping more than the stack holds (or across a MARK), a
+/// STOP at the end, and every tensor storage (a persistent id) no larger
+/// than its record. Opcodes it does not know end the walk: LibTorch rejects
+/// them itself.
+inline void check_pickle(const char* data, uint64_t size, const std::string& path, const std::string& record,
+                         const TorchArchiveIndex& index) {
+  PickleWalker(data, size, path, record, index).run();
 }
 
 /// Throws unless every element `t` views lies inside its storage (LibTorch's

@@ -245,20 +245,16 @@ inline void check_unique_ids(const torch::Tensor& ids, const std::string& path, 
 
 } // namespace detail
 
-/// Loads a dataset directory (see DATA_FORMAT.md).
-inline Dataset load_dataset(const std::string& dir, const DatasetOptions& options = {}) {
-  if (options.memory_budget() > 0)
-    check_memory_budget(estimate_dataset_memory(dir), options.memory_budget(), "dataset " + dir);
-  Dataset ds;
-  std::string path;
+namespace detail {
 
-  // Interactions: required, non-empty; extra numeric columns become signals.
+/// interactions.csv (or .pt): required, non-empty; extra numeric columns
+/// kept as signals, none named like the columns rectrain adds.
+inline Table read_interactions(const std::string& dir, std::string& path) {
   std::vector<CsvField> interaction_fields{{"user_id", CsvType::Id}, {"item_id", CsvType::Id},
                                            {"timespent", CsvType::NonNegativeNumber}};
   for (const auto& flag : {"like", "dislike", "share", "bookmarks"})
     interaction_fields.push_back({flag, CsvType::Flag});
-  Table raw = detail::read_table_file(dir, "interactions", interaction_fields,
-                                      ExtraColumns::KeepAsNumber, path);
+  Table raw = read_table_file(dir, "interactions", interaction_fields, ExtraColumns::KeepAsNumber, path);
   if (raw.num_columns() == 0)
     throw InputError(path, 0, 0, "", "missing file (interactions.csv or interactions.pt is required)");
   if (raw.num_rows() == 0)
@@ -268,12 +264,94 @@ inline Dataset load_dataset(const std::string& dir, const DatasetOptions& option
   for (const auto& name : raw.names())
     for (const char* reserved : {"user", "item", "target"})
       if (name == reserved)
-        throw InputError(path, detail::is_csv_path(path) ? 1 : 0, detail::header_position(path, name), name,
-                         detail::concat("the name '", name, "' is reserved (", name == std::string("target")
+        throw InputError(path, is_csv_path(path) ? 1 : 0, header_position(path, name), name,
+                         concat("the name '", name, "' is reserved (", name == std::string("target")
                                             ? "rectrain's target is like - dislike"
                                             : "rectrain adds the dense index column '" + name + "'",
                                         "); rename the column"));
+  return raw;
+}
 
+/// Per-user features, unknown (0) where users.csv says nothing.
+inline void add_user_features(Dataset& ds, const Table& users_raw) {
+  auto gender = torch::zeros({ds.num_users()}, torch::kInt64);
+  auto age = torch::zeros({ds.num_users()}, torch::kFloat32);
+  if (users_raw.num_columns() > 0) {
+    const auto rows = ds.user_ids.encode(users_raw["user_id"]);
+    gender.index_copy_(0, rows, users_raw["gender"]);
+    age.index_copy_(0, rows, users_raw["age"]);
+  }
+  ds.users.add("gender", gender).add("age", age);
+}
+
+/// Per-item features; source 0 means unknown and maps to -1.
+inline void add_item_features(Dataset& ds, const Table& items_raw, int64_t embedding_dim) {
+  auto source = torch::full({ds.num_items()}, -1, torch::kInt64);
+  auto duration = torch::zeros({ds.num_items()}, torch::kFloat32);
+  auto embedding = torch::zeros({ds.num_items(), embedding_dim}, torch::kFloat32);
+  if (items_raw.num_columns() > 0) {
+    const auto rows = ds.item_ids.encode(items_raw["item_id"]);
+    const auto raw_source = items_raw["source_id"];
+    const auto known = raw_source != 0;
+    ds.source_ids = IdMap::from_ids({raw_source.masked_select(known)});
+    source.index_copy_(0, rows, torch::where(known, ds.source_ids.encode(raw_source),
+                                             torch::full_like(raw_source, -1)));
+    duration.index_copy_(0, rows, items_raw["duration"]);
+    if (embedding_dim > 0) {
+      std::vector<torch::Tensor> parts;
+      for (int64_t k = 0; k < embedding_dim; ++k)
+        parts.push_back(items_raw[concat("emb_", k)]);
+      embedding.index_copy_(0, rows, torch::stack(parts, 1));
+    }
+  }
+  ds.items.add("source", source).add("duration", duration).add("embedding", embedding);
+}
+
+/// candidates.csv (or .pt), when there is one: raw and dense ids, the
+/// target when given, each (user_id, item_id) pair at most once.
+inline void add_candidates(const std::string& dir, Dataset& ds, const DatasetOptions& options) {
+  std::string candidates_path;
+  Table c = read_table_file(
+      dir, "candidates", {{"user_id", CsvType::Id}, {"item_id", CsvType::Id},
+                          {"target", CsvType::Integer, false, -1, 1}},
+      ExtraColumns::Ignore, candidates_path);
+  if (c.num_columns() == 0) {
+    if (options.require_candidates())
+      throw InputError(candidates_path, 0, 0, "", "missing file (candidates.csv is required)");
+  } else {
+    // Unknown users or items are scored (as cold), never rejected: they
+    // map to -1 and models fall back to their out-of-vocabulary rows.
+    ds.candidates.add("user", ds.user_ids.encode(c["user_id"]))
+        .add("item", ds.item_ids.encode(c["item_id"]))
+        .add("user_id", c["user_id"])
+        .add("item_id", c["item_id"]);
+    if (c.contains("target")) ds.candidates.add("target", c["target"]);
+    // Each (user_id, item_id) pair at most once.
+    const auto u = c["user_id"], i = c["item_id"];
+    const int64_t *pu = u.data_ptr<int64_t>(), *pi = i.data_ptr<int64_t>();
+    const int64_t worst = first_repeat(u.numel(), [&](int64_t a, int64_t b) {
+                            return pu[a] != pu[b] ? pu[a] < pu[b] : pi[a] < pi[b];
+                          }).first;
+    if (worst >= 0) {
+      const bool csv = is_csv_path(candidates_path);
+      throw InputError(candidates_path, csv ? worst + 2 : 0, 0, "",
+                       concat("duplicate candidate pair (user_id ", pu[worst],
+                                      ", item_id ", pi[worst], ")"));
+    }
+  }
+}
+
+} // namespace detail
+
+/// Loads a dataset directory (see DATA_FORMAT.md): interactions, then the
+/// users' and items' files, the id vocabularies, the side features, and the
+/// candidates.
+inline Dataset load_dataset(const std::string& dir, const DatasetOptions& options = {}) {
+  if (options.memory_budget() > 0)
+    check_memory_budget(estimate_dataset_memory(dir), options.memory_budget(), "dataset " + dir);
+  Dataset ds;
+  std::string path;
+  Table raw = detail::read_interactions(dir, path);
   std::string users_path, items_path;
   Table users_raw = detail::read_table_file(
       dir, "users", {{"user_id", CsvType::Id}, {"gender", CsvType::Integer, true, 0, 2},
@@ -304,68 +382,9 @@ inline Dataset load_dataset(const std::string& dir, const DatasetOptions& option
   for (const auto& name : raw.names())
     if (name != "user_id" && name != "item_id") ds.interactions.add(name, raw[name]);
 
-  // Per-user features, unknown (0) where users.csv says nothing.
-  auto gender = torch::zeros({ds.num_users()}, torch::kInt64);
-  auto age = torch::zeros({ds.num_users()}, torch::kFloat32);
-  if (users_raw.num_columns() > 0) {
-    const auto rows = ds.user_ids.encode(users_raw["user_id"]);
-    gender.index_copy_(0, rows, users_raw["gender"]);
-    age.index_copy_(0, rows, users_raw["age"]);
-  }
-  ds.users.add("gender", gender).add("age", age);
-
-  // Per-item features; source 0 means unknown and maps to -1.
-  auto source = torch::full({ds.num_items()}, -1, torch::kInt64);
-  auto duration = torch::zeros({ds.num_items()}, torch::kFloat32);
-  auto embedding = torch::zeros({ds.num_items(), embedding_dim}, torch::kFloat32);
-  if (items_raw.num_columns() > 0) {
-    const auto rows = ds.item_ids.encode(items_raw["item_id"]);
-    const auto raw_source = items_raw["source_id"];
-    const auto known = raw_source != 0;
-    ds.source_ids = IdMap::from_ids({raw_source.masked_select(known)});
-    source.index_copy_(0, rows, torch::where(known, ds.source_ids.encode(raw_source),
-                                             torch::full_like(raw_source, -1)));
-    duration.index_copy_(0, rows, items_raw["duration"]);
-    if (embedding_dim > 0) {
-      std::vector<torch::Tensor> parts;
-      for (int64_t k = 0; k < embedding_dim; ++k)
-        parts.push_back(items_raw[detail::concat("emb_", k)]);
-      embedding.index_copy_(0, rows, torch::stack(parts, 1));
-    }
-  }
-  ds.items.add("source", source).add("duration", duration).add("embedding", embedding);
-
-  if (options.load_candidates()) {
-    std::string candidates_path;
-    Table c = detail::read_table_file(
-        dir, "candidates", {{"user_id", CsvType::Id}, {"item_id", CsvType::Id},
-                            {"target", CsvType::Integer, false, -1, 1}},
-        ExtraColumns::Ignore, candidates_path);
-    if (c.num_columns() == 0) {
-      if (options.require_candidates())
-        throw InputError(candidates_path, 0, 0, "", "missing file (candidates.csv is required)");
-    } else {
-      // Unknown users or items are scored (as cold), never rejected: they
-      // map to -1 and models fall back to their out-of-vocabulary rows.
-      ds.candidates.add("user", ds.user_ids.encode(c["user_id"]))
-          .add("item", ds.item_ids.encode(c["item_id"]))
-          .add("user_id", c["user_id"])
-          .add("item_id", c["item_id"]);
-      if (c.contains("target")) ds.candidates.add("target", c["target"]);
-      // Each (user_id, item_id) pair at most once.
-      const auto u = c["user_id"], i = c["item_id"];
-      const int64_t *pu = u.data_ptr<int64_t>(), *pi = i.data_ptr<int64_t>();
-      const int64_t worst = detail::first_repeat(u.numel(), [&](int64_t a, int64_t b) {
-                              return pu[a] != pu[b] ? pu[a] < pu[b] : pi[a] < pi[b];
-                            }).first;
-      if (worst >= 0) {
-        const bool csv = detail::is_csv_path(candidates_path);
-        throw InputError(candidates_path, csv ? worst + 2 : 0, 0, "",
-                         detail::concat("duplicate candidate pair (user_id ", pu[worst],
-                                        ", item_id ", pi[worst], ")"));
-      }
-    }
-  }
+  detail::add_user_features(ds, users_raw);
+  detail::add_item_features(ds, items_raw, embedding_dim);
+  if (options.load_candidates()) detail::add_candidates(dir, ds, options);
   return ds;
 }
 

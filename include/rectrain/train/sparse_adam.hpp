@@ -74,8 +74,11 @@ struct AdamStepConstants {
 };
 
 /// Adam's step on one row of `width` values, `g` its gradient or nullptr
-/// for a zero one, in Adam's order of operations.
-template <int Bytes>
+/// for a zero one, in Adam's order of operations. `Scaled`: on moments held
+/// scaled (AdamStepConstants::scaled, no weight decay), where m̃ and ṽ move,
+/// and are written, only where `g` is given. One template, two loops: the
+/// choice is made at compile time, not per vector.
+template <int Bytes, bool Scaled>
 RECTRAIN_ALWAYS_INLINE void adam_row(float* p, float* m, float* v, const float* g, int64_t width,
                                      const AdamStepConstants& k) {
   int64_t j = 0;
@@ -83,69 +86,48 @@ RECTRAIN_ALWAYS_INLINE void adam_row(float* p, float* m, float* v, const float* 
   using V = Vec<float, Bytes>;
   constexpr int64_t L = lanes<float, Bytes>;
   for (; j + L <= width; j += L) {
-    V pj, mj, vj, gj;
+    V pj, mj, vj, gj{};
     load(pj, p + j);
     load(mj, m + j);
     load(vj, v + j);
-    if (g)
-      load(gj, g + j);
-    else
-      gj = V{};
-    gj += k.weight_decay * pj;
-    mj = mj * k.beta1 + k.one_minus_beta1 * gj;
-    vj = vj * k.beta2 + k.one_minus_beta2 * (gj * gj);
-    V denom = vj;
-    sqrt_lanes<Bytes>(denom);
-    denom = denom / k.sqrt_bc2 + k.eps;
-    pj = pj + k.step_size * mj / denom;
-    store(p + j, pj);
-    store(m + j, mj);
-    store(v + j, vj);
-  }
-#endif
-  for (; j < width; ++j) {
-    const float gj = (g ? g[j] : 0.0f) + k.weight_decay * p[j];
-    m[j] = m[j] * k.beta1 + k.one_minus_beta1 * gj;
-    v[j] = v[j] * k.beta2 + k.one_minus_beta2 * (gj * gj);
-    p[j] = p[j] + k.step_size * m[j] / (std::sqrt(v[j]) / k.sqrt_bc2 + k.eps);
-  }
-}
-
-/// The same step on moments held scaled (AdamStepConstants::scaled, no
-/// weight decay): m̃ and ṽ move, and are written, only where `g` is given.
-template <int Bytes>
-RECTRAIN_ALWAYS_INLINE void adam_row_scaled(float* p, float* m, float* v, const float* g, int64_t width,
-                                            const AdamStepConstants& k) {
-  int64_t j = 0;
-#if RECTRAIN_VECTOR_KERNELS
-  using V = Vec<float, Bytes>;
-  constexpr int64_t L = lanes<float, Bytes>;
-  for (; j + L <= width; j += L) {
-    V pj, mj, vj;
-    load(pj, p + j);
-    load(mj, m + j);
-    load(vj, v + j);
-    if (g) {
-      V gj;
-      load(gj, g + j);
-      mj = mj + k.m_gain * gj;
-      vj = vj + k.v_gain * (gj * gj);
+    if (g) load(gj, g + j);
+    V denom;
+    if constexpr (Scaled) {
+      if (g) {
+        mj = mj + k.m_gain * gj;
+        vj = vj + k.v_gain * (gj * gj);
+        store(m + j, mj);
+        store(v + j, vj);
+      }
+      denom = vj;
+      sqrt_lanes<Bytes>(denom);
+      pj = pj + k.scaled_step * mj / (denom * k.v_scale + k.eps);
+    } else {
+      gj += k.weight_decay * pj;
+      mj = mj * k.beta1 + k.one_minus_beta1 * gj;
+      vj = vj * k.beta2 + k.one_minus_beta2 * (gj * gj);
       store(m + j, mj);
       store(v + j, vj);
+      denom = vj;
+      sqrt_lanes<Bytes>(denom);
+      pj = pj + k.step_size * mj / (denom / k.sqrt_bc2 + k.eps);
     }
-    V denom = vj;
-    sqrt_lanes<Bytes>(denom);
-    denom = denom * k.v_scale + k.eps;
-    pj = pj + k.scaled_step * mj / denom;
     store(p + j, pj);
   }
 #endif
   for (; j < width; ++j) {
-    if (g) {
-      m[j] = m[j] + k.m_gain * g[j];
-      v[j] = v[j] + k.v_gain * (g[j] * g[j]);
+    if constexpr (Scaled) {
+      if (g) {
+        m[j] = m[j] + k.m_gain * g[j];
+        v[j] = v[j] + k.v_gain * (g[j] * g[j]);
+      }
+      p[j] = p[j] + k.scaled_step * m[j] / (std::sqrt(v[j]) * k.v_scale + k.eps);
+    } else {
+      const float gj = (g ? g[j] : 0.0f) + k.weight_decay * p[j];
+      m[j] = m[j] * k.beta1 + k.one_minus_beta1 * gj;
+      v[j] = v[j] * k.beta2 + k.one_minus_beta2 * (gj * gj);
+      p[j] = p[j] + k.step_size * m[j] / (std::sqrt(v[j]) / k.sqrt_bc2 + k.eps);
     }
-    p[j] = p[j] + k.scaled_step * m[j] / (std::sqrt(v[j]) * k.v_scale + k.eps);
   }
 }
 
@@ -181,9 +163,9 @@ RECTRAIN_ALWAYS_INLINE void adam_rows_body(float* p, float* m, float* v, int64_t
       }
     }
     if (k.scaled)
-      adam_row_scaled<Bytes>(p + r * width, m + r * width, v + r * width, gr, width, k);
+      adam_row<Bytes, true>(p + r * width, m + r * width, v + r * width, gr, width, k);
     else
-      adam_row<Bytes>(p + r * width, m + r * width, v + r * width, gr, width, k);
+      adam_row<Bytes, false>(p + r * width, m + r * width, v + r * width, gr, width, k);
   }
 }
 
