@@ -425,6 +425,24 @@ TEST_CASE("head losses equal their definitions over the mask", "[nn][loss]") {
   CHECK_THROWS_WITH(like(torch::randn({3, 5, 2})), Catch::Contains("expected hidden [..., 4], got [3, 5, 2]"));
 }
 
+TEST_CASE("masked_mean: plain and weighted means over the mask", "[nn][loss]") {
+  const auto x = torch::tensor({{1.0f, 2.0f, 3.0f}, {4.0f, NAN, 6.0f}});
+  const auto mask = torch::tensor({{true, true, false}, {true, false, true}});
+  CHECK(masked_mean(x, mask).item<float>() == Approx((1 + 2 + 4 + 6) / 4.0));
+  const auto w = torch::tensor({{1.0f, 3.0f, 100.0f}, {0.0f, 5.0f, 2.0f}});
+  // (1·1 + 3·2 + 0·4 + 2·6) / (1 + 3 + 0 + 2): the padded NaN and its weight count for nothing.
+  CHECK(masked_mean(x, mask, w).item<float>() == Approx(19.0 / 6.0));
+  const auto finite = torch::tensor({{1.0f, 2.0f, 3.0f}, {4.0f, 5.0f, 6.0f}});
+  CHECK(masked_mean(finite, torch::Tensor(), torch::ones_like(finite)).item<float>() == Approx(3.5));
+  CHECK(masked_mean(x, mask, torch::zeros_like(x)).item<float>() == 0);
+  // The gradient reaches only the kept entries, in proportion to their weights.
+  const auto y = torch::tensor({{1.0f, 2.0f, 3.0f}, {4.0f, 5.0f, 6.0f}}).requires_grad_();
+  masked_mean(y, mask, w).backward();
+  CHECK(torch::allclose(y.grad(), torch::tensor({{1.0f, 3.0f, 0.0f}, {0.0f, 0.0f, 2.0f}}) / 6.0));
+  CHECK_THROWS_WITH(masked_mean(x, mask, torch::ones({3})), Catch::Contains("weights must be a floating tensor shaped"));
+  CHECK_THROWS_WITH(masked_mean(x, mask, -w), Catch::Contains("weights must be finite and >= 0"));
+}
+
 TEST_CASE("head and multi-task loss gradients match finite differences", "[nn][loss]") {
   auto batch = toy_batch(2, 4, 1, 7);
   for (auto& l : batch.labels) l.value() = l.value().to(torch::kFloat64);

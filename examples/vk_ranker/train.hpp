@@ -23,7 +23,8 @@ auto printf_arg(T v) {
 }
 template <typename... Args>
 void say(const char* format, Args... args) {
-  std::printf(format, printf_arg(args)...);
+  if constexpr (sizeof...(Args) == 0) std::fputs(format, stdout);  // a plain line: no format to check
+  else std::printf(format, printf_arg(args)...);
   std::fflush(stdout);
 }
 
@@ -32,8 +33,7 @@ struct TrainRun {
   std::vector<uint64_t> seeds{1};
   bool resume = false, overwrite = false;  ///< --overwrite: remove another run's outputs instead of refusing
   std::string command;                     ///< the command line, for the lock file
-  int64_t stop_after = 0;                  ///< epochs this run trains at most (0: no limit)
-  int64_t workers = 2;
+  int64_t stop_after = 0, workers = 2;     ///< stop_after: epochs this run trains at most (0: no limit)
   int64_t memory_budget = 0;  ///< refuse a dataset whose loading peak is above this (0: none)
   rectrain::RecipeSettings config;
 };
