@@ -89,6 +89,9 @@ TEST_CASE("gauc skips single-target users and rejects bad input", "[metrics][bad
   const auto m = gauc(users, targets, torch::tensor({0.1f, 0.2f, 0.9f, 0.1f}));
   CHECK(m.users == 1);
   CHECK(m.value == 1.0);
+  CHECK(gauc_users(users, targets) == 1);
+  CHECK(gauc_users(i64({1, 1, 2, 2, 3}), i64({0, -1, 1, 0, 1})) == 2);
+  CHECK(gauc_users(users, i64({1, 1, 1, 1})) == 0);
   CHECK(std::isnan(gauc(i64({1}), i64({0}), torch::tensor({0.5f})).value));
   CHECK_THROWS_WITH(gauc(users, targets, torch::tensor({0.1f, NAN, 0.9f, 0.1f})),
                     Catch::Contains("NaN or infinite value at position 1"));

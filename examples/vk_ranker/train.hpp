@@ -196,7 +196,7 @@ inline int run_train(const TrainRun& run) {
       loaded.num_interactions(), loaded.num_users(), loaded.num_items(), loaded.num_sources(),
       loaded.candidates.num_rows(), t0.seconds());
   if (loaded.candidates.contains("target") &&
-      candidate_gauc(loaded, torch::zeros({loaded.candidates.num_rows()})).users == 0)
+      gauc_users(loaded.candidates["user_id"], loaded.candidates["target"]) == 0)
     throw Error(run.data + ": candidates have a target column, but no user has two different targets in it, so "
                 "their GAUC is undefined; drop the target column to only write predictions");
   std::vector<EpochRecord> records;

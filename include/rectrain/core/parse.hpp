@@ -8,7 +8,9 @@
 #include <algorithm>
 #include <cstdint>
 #include <exception>
+#include <optional>
 #include <string>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
@@ -29,6 +31,22 @@ inline std::vector<std::string> split_keeping_empty(const std::string& text, cha
   return out;
 }
 
+/// `text` as a T (long long, unsigned long long or double) when all of it
+/// is one number; nullopt otherwise (empty, trailing text, out of range).
+template <typename T>
+std::optional<T> whole_number(const std::string& text) {
+  try {
+    size_t used = 0;
+    T v{};
+    if constexpr (std::is_floating_point_v<T>) v = std::stod(text, &used);
+    else if constexpr (std::is_unsigned_v<T>) v = std::stoull(text, &used);
+    else v = std::stoll(text, &used);
+    if (!text.empty() && used == text.size()) return v;
+  } catch (const std::exception&) {
+  }
+  return std::nullopt;
+}
+
 } // namespace detail
 
 /// The non-empty parts of `text` between `separator`s.
@@ -46,18 +64,14 @@ inline std::vector<uint64_t> parse_seed_list(const std::string& text, const std:
   auto parts = detail::split_keeping_empty(text, ',');
   if (parts.size() > 1 && parts.back().empty()) parts.pop_back();  // a trailing comma
   for (const auto& part : parts) {
-    size_t used = 0;
-    unsigned long long value = 0;
-    try {
-      if (!part.empty() && part[0] != '-' && part[0] != '+') value = std::stoull(part, &used);
-    } catch (const std::exception&) {
-      used = 0;
-    }
-    if (part.empty() || used != part.size())
-      throw Error(what + ": '" + part + "' is not a seed (a non-negative integer below 2^64)");
-    if (std::find(seeds.begin(), seeds.end(), value) != seeds.end())
+    // stoull takes "-1" as 2^64 - 1: a sign is refused before it.
+    const auto value = part.empty() || part[0] == '-' || part[0] == '+'
+                           ? std::nullopt
+                           : detail::whole_number<unsigned long long>(part);
+    if (!value) throw Error(what + ": '" + part + "' is not a seed (a non-negative integer below 2^64)");
+    if (std::find(seeds.begin(), seeds.end(), *value) != seeds.end())
       throw Error(what + ": seed " + part + " is given twice (the ensemble would average a model with itself)");
-    seeds.push_back(value);
+    seeds.push_back(*value);
   }
   return seeds;
 }
@@ -66,16 +80,9 @@ inline std::vector<uint64_t> parse_seed_list(const std::string& text, const std:
 inline std::vector<int64_t> parse_width_list(const std::string& text, const std::string& what) {
   std::vector<int64_t> out;
   for (const auto& part : detail::split_keeping_empty(text, ',')) {
-    size_t used = 0;
-    long long v = 0;
-    try {
-      v = std::stoll(part, &used);
-    } catch (const std::exception&) {
-      used = 0;
-    }
-    if (part.empty() || used != part.size() || v < 1)
-      throw Error(what + ": '" + text + "' is not a list of positive widths (e.g. 512,256)");
-    out.push_back(v);
+    const auto v = detail::whole_number<long long>(part);
+    if (!v || *v < 1) throw Error(what + ": '" + text + "' is not a list of positive widths (e.g. 512,256)");
+    out.push_back(*v);
   }
   return out;
 }

@@ -37,22 +37,6 @@
 
 namespace rectrain {
 
-namespace detail {
-
-/// `parse(text, &used)` when it takes the whole text; an Error naming `what` otherwise.
-template <typename Parse>
-auto parse_whole_number(const std::string& text, const std::string& what, Parse parse) {
-  try {
-    size_t used = 0;
-    const auto v = parse(text, &used);
-    if (used == text.size()) return v;
-  } catch (const std::exception&) {
-  }
-  throw Error(what + ": '" + text + "' is not a number");
-}
-
-} // namespace detail
-
 /// One setting: its key, help text, the variable it is bound to, and its
 /// allowed values.
 class SettingField {
@@ -130,15 +114,15 @@ class SettingField {
             *v = text;
           } else if constexpr (std::is_same_v<T, std::vector<int64_t>>) {
             *v = parse_width_list(text, what);
-          } else if constexpr (std::is_same_v<T, double>) {
-            *v = detail::parse_whole_number(text, what, [](const std::string& t, size_t* used) { return std::stod(t, used); });
           } else {
-            const auto n = detail::parse_whole_number(text, what, [](const std::string& t, size_t* used) { return std::stoll(t, used); });
+            using Number = std::conditional_t<std::is_same_v<T, double>, double, long long>;
+            const auto n = detail::whole_number<Number>(text);
+            if (!n) throw Error(what + ": '" + text + "' is not a number");
             if constexpr (std::is_same_v<T, bool>) {
-              if (n != 0 && n != 1) throw Error(what + ": '" + text + "' is not 0 or 1");
-              *v = n != 0;
+              if (*n != 0 && *n != 1) throw Error(what + ": '" + text + "' is not 0 or 1");
+              *v = *n != 0;
             } else {
-              *v = n;
+              *v = static_cast<T>(*n);
             }
           }
         },

@@ -162,6 +162,13 @@ inline GroupMetric gauc(const torch::Tensor& users, const torch::Tensor& targets
   return detail::mean_of_defined(per_user);
 }
 
+/// The users gauc() would count: those with two different targets (a
+/// validation or candidate set where this is 0 has no GAUC, whatever the
+/// scores).
+inline int64_t gauc_users(const torch::Tensor& users, const torch::Tensor& targets) {
+  return gauc(users, targets, torch::zeros({users.numel()}, torch::kFloat32)).users;
+}
+
 namespace detail {
 
 /// Tie-aware NDCG@k over entries idx[0..n) of score/relevance (validated

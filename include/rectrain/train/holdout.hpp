@@ -123,8 +123,7 @@ inline HoldoutSplit split_holdout(Dataset ds, const HoldoutOptions& options = {}
   split.valid_rows = torch::arange(split.valid.num_interactions()).view(holdout.valid_rows.sizes());
   split.valid_users = split.valid.interactions["user"];
   split.valid_targets = split.valid.interaction_targets();
-  const auto scorable = gauc(split.valid_users, split.valid_targets, torch::zeros({split.valid_users.numel()})).users;
-  if (scorable == 0)
+  if (gauc_users(split.valid_users, split.valid_targets) == 0)
     throw Error(detail::concat("validation: none of the ", holdout.valid_users.numel(),
                                " held-out users has two different targets (like, neutral, dislike) in their last ",
                                options.views(), " views, so validation GAUC is undefined; hold out more users "

@@ -6,7 +6,7 @@
 //   TableOptimizers optimizers(*model, table_parameter_names(*model, {"user", "item"}),
 //                              torch::optim::AdamOptions(3e-3), TableUpdate::Sparse);
 //   train_epoch(model, optimizers.all(), pipeline, epoch);
-//   checkpoint.add("optimizers", optimizers);  // via bind()
+//   optimizers.bind(checkpoint);  // a Checkpoint of your own (Trainer binds all() itself)
 
 #include <rectrain/core/error.hpp>
 #include <rectrain/train/checkpoint.hpp>
