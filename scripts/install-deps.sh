@@ -8,6 +8,7 @@ packages=(
   libtorch-dev            # LibTorch 1.13 (CPU)
   libopenblas0-openmp     # without it LibTorch falls back to reference BLAS (~20x slower GEMM)
   libeigen3-dev catch2 libcli11-dev
+  libgloo-dev             # the Gloo headers LibTorch's ProcessGroupGloo needs (multi-process training on CPU)
   gnuplot-nox             # rectrain-vk train draws its learning curve with it
   python3-torch           # only for the test that reads a file written by Python's torch.save
 )

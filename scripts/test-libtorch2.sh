@@ -40,10 +40,10 @@ if [ ! -x "$root/usr/bin/cmake" ]; then
 fi
 mount -t proc proc "$root/proc" && mounted+=("$root/proc")
 mount --bind /dev "$root/dev" && mounted+=("$root/dev")
-if ! chroot "$root" /bin/bash -c "dpkg -s libtorch-dev catch2 libcli11-dev gnuplot-nox >/dev/null 2>&1" ; then
+if ! chroot "$root" /bin/bash -c "dpkg -s libtorch-dev catch2 libcli11-dev gnuplot-nox libgloo-dev >/dev/null 2>&1" ; then
   if ! chroot "$root" /bin/bash -c "export DEBIAN_FRONTEND=noninteractive; apt-get update -qq &&
         apt-get install -y -qq --no-install-recommends cmake ninja-build g++ libtorch-dev libeigen3-dev gnuplot-nox \
-          catch2 libcli11-dev libopenblas0-openmp" >>"$repo/build-trixie.log" 2>&1; then
+          catch2 libcli11-dev libopenblas0-openmp libgloo-dev" >>"$repo/build-trixie.log" 2>&1; then
     echo "test-libtorch2: installing LibTorch 2.x in the chroot failed (mirror unreachable?); skipped"
     exit 0
   fi

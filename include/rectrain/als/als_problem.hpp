@@ -10,6 +10,7 @@
 
 #include <atomic>
 #include <cstdint>
+#include <functional>
 
 namespace rectrain {
 
@@ -39,6 +40,9 @@ struct AlsProblem {
   AlsSolver solver = AlsSolver::ConjugateGradient;
   int64_t cg_steps = 3;
   double total_confidence = 0;  ///< sum of c over all rows x cols cells
+  /// YᵀY of the fixed side's factors; unset: torch::mm(y.t(), y). The
+  /// sharded fit (dist/sharded_als.hpp) sums each rank's rows' part.
+  std::function<torch::Tensor(const torch::Tensor& y)> gram_of;
 };
 
 /// Runs fn(task, workspace) for task in [0, n) on LibTorch's intra-op

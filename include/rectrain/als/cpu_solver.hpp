@@ -176,7 +176,7 @@ class CpuAlsSolver {
   /// symmetrised against rounding.
   Eigen::MatrixXd gram(const torch::Tensor& y) const {
     const int64_t f = y.size(1);
-    const auto g = torch::mm(y.t(), y).to(torch::kFloat64).contiguous();
+    const torch::Tensor g = (p_.gram_of ? p_.gram_of(y) : torch::mm(y.t(), y)).to(torch::kFloat64).contiguous();
     Eigen::MatrixXd a = Eigen::Map<const Eigen::MatrixXd>(g.data_ptr<double>(), f, f);
     a = (0.5 * (a + a.transpose())).eval();
     a.diagonal().array() += p_.regularization;

@@ -123,7 +123,7 @@ class DeviceAlsSolver {
   }
 
   torch::Tensor gram(const torch::Tensor& y) const {
-    auto g = torch::mm(y.t(), y);
+    auto g = p_.gram_of ? p_.gram_of(y) : torch::mm(y.t(), y);
     g = 0.5 * (g + g.t());
     return g + p_.regularization * torch::eye(y.size(1), y.options());
   }

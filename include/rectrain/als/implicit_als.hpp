@@ -194,7 +194,6 @@ inline void check_finite_factors(const torch::Tensor& t, const char* side, int64
 
 } // namespace detail
 
-/// Fits implicit ALS to `matrix` (rows: users, columns: items).
 /// The float64 factors fit_implicit_als starts from, for `rows` rows of one
 /// side (0: users, 1: items) with `options`' factors, seed and init_scale:
 /// uniform in [0, init_scale), one random stream per row (the same for any
@@ -204,8 +203,11 @@ inline torch::Tensor initial_als_factors(int64_t rows, int side, const ImplicitA
                                  options.init_scale());
 }
 
-inline AlsFactors fit_implicit_als(const CsrMatrix& matrix, const ImplicitAlsOptions& options = {}) {
-  const auto& o = options;
+namespace detail {
+
+/// Throws on options fit_implicit_als cannot use; returns the backend Auto
+/// stands for.
+inline AlsBackend check_implicit_als_options(const ImplicitAlsOptions& o) {
   if (o.factors() <= 0) throw Error(detail::concat("implicit ALS: factors must be > 0, got ", o.factors()));
   if (!(o.regularization() >= 0) || !std::isfinite(o.regularization()))
     throw Error(detail::concat("implicit ALS: regularization must be a finite number >= 0, got ", o.regularization()));
@@ -221,51 +223,79 @@ inline AlsFactors fit_implicit_als(const CsrMatrix& matrix, const ImplicitAlsOpt
       o.backend() == AlsBackend::Auto ? (o.device().is_cpu() ? AlsBackend::Eigen : AlsBackend::TensorOps) : o.backend();
   if (backend == AlsBackend::Eigen && !o.device().is_cpu())
     throw Error(detail::concat("implicit ALS: the Eigen backend runs on CPU, not ", o.device().str()));
+  return backend;
+}
 
-  detail::ThreadCountGuard threads(o.threads());
-  const detail::AlsProblem problem = detail::make_als_problem(matrix, o);
-  AlsFactors out;
+/// The starting factors of one side on the fit's device and type (huge
+/// pages on CPU: factors are gathered row by row at random).
+inline torch::Tensor place_initial_factors(int64_t rows, int side, const ImplicitAlsOptions& o) {
+  const auto init = initial_factors(rows, o.factors(), o.seed(), static_cast<uint64_t>(side), o.init_scale());
   const auto options_on = torch::TensorOptions().dtype(o.dtype()).device(o.device());
-  // Factors are gathered row by row at random: huge pages on CPU.
-  const auto place = [&](const torch::Tensor& init) {
-    if (!o.device().is_cpu()) return init.to(options_on);
-    auto t = detail::empty_huge_pages(init.sizes(), options_on);
-    t.copy_(init);
-    return t;
-  };
-  out.user = place(detail::initial_factors(matrix.rows, o.factors(), o.seed(), 0, o.init_scale()));
-  out.item = place(detail::initial_factors(matrix.cols, o.factors(), o.seed(), 1, o.init_scale()));
+  if (!o.device().is_cpu()) return init.to(options_on);
+  auto t = empty_huge_pages(init.sizes(), options_on);
+  t.copy_(init);
+  return t;
+}
 
-  const auto run = [&](auto& solver) {
+/// The iterations of a fit: `half_steps(solver, it)` solves both sides;
+/// the objective (from `solver` over `out`'s factors) and the callbacks as
+/// the options say. Runs the backend's solver for `problem`.
+template <typename HalfSteps>
+void run_implicit_als(const AlsProblem& problem, const AlsProblem& objective_problem, AlsBackend backend,
+                      const ImplicitAlsOptions& o, AlsFactors& out, HalfSteps&& half_steps) {
+  const auto run = [&](auto& solver, auto& objective_solver) {
     for (int64_t it = 1; it <= o.iterations(); ++it) {
       const auto start = std::chrono::steady_clock::now();
-      solver.solve_users(out.user, out.item);
-      detail::check_finite_factors(out.user, "user", it);
-      solver.solve_items(out.item, out.user);
-      detail::check_finite_factors(out.item, "item", it);
+      half_steps(solver, it);
       AlsIterationStats stats;
       stats.iteration = it;
       stats.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
       if (o.compute_loss()) {
-        stats.objective = solver.objective(out.user, out.item);
-        stats.loss = stats.objective / problem.total_confidence;
+        stats.objective = objective_solver.objective(out.user, out.item);
+        stats.loss = stats.objective / objective_problem.total_confidence;
       }
       out.history.push_back(stats);
       if (o.on_iteration()) o.on_iteration()(stats);
     }
   };
+  const bool separate = &problem != &objective_problem;
   if (backend == AlsBackend::Eigen) {
     if (o.dtype() == torch::kFloat32) {
-      detail::CpuAlsSolver<float> solver(problem);
-      run(solver);
+      CpuAlsSolver<float> solver(problem);
+      if (!separate || !o.compute_loss()) return run(solver, solver);
+      CpuAlsSolver<float> whole(objective_problem);
+      run(solver, whole);
     } else {
-      detail::CpuAlsSolver<double> solver(problem);
-      run(solver);
+      CpuAlsSolver<double> solver(problem);
+      if (!separate || !o.compute_loss()) return run(solver, solver);
+      CpuAlsSolver<double> whole(objective_problem);
+      run(solver, whole);
     }
   } else {
-    detail::DeviceAlsSolver solver(problem, o.device());
-    run(solver);
+    DeviceAlsSolver solver(problem, o.device());
+    if (!separate || !o.compute_loss()) return run(solver, solver);
+    DeviceAlsSolver whole(objective_problem, o.device());
+    run(solver, whole);
   }
+}
+
+} // namespace detail
+
+/// Fits implicit ALS to `matrix` (rows: users, columns: items).
+inline AlsFactors fit_implicit_als(const CsrMatrix& matrix, const ImplicitAlsOptions& options = {}) {
+  const auto& o = options;
+  const AlsBackend backend = detail::check_implicit_als_options(o);
+  detail::ThreadCountGuard threads(o.threads());
+  const detail::AlsProblem problem = detail::make_als_problem(matrix, o);
+  AlsFactors out;
+  out.user = detail::place_initial_factors(matrix.rows, 0, o);
+  out.item = detail::place_initial_factors(matrix.cols, 1, o);
+  detail::run_implicit_als(problem, problem, backend, o, out, [&](auto& solver, int64_t it) {
+    solver.solve_users(out.user, out.item);
+    detail::check_finite_factors(out.user, "user", it);
+    solver.solve_items(out.item, out.user);
+    detail::check_finite_factors(out.item, "item", it);
+  });
   return out;
 }
 

@@ -19,6 +19,8 @@
 
 #include <torch/torch.h>
 
+#include <functional>
+
 #include <string>
 #include <vector>
 
@@ -35,18 +37,24 @@ struct AlsTablesOptions {
   TORCH_ARG(std::string, user_table) = "user";
   TORCH_ARG(std::string, item_table) = "item";
   TORCH_ARG(std::string, source_table) = "source";
+  /// What fits each factorisation: fit_implicit_als when unset; a
+  /// data-parallel run passes fit_implicit_als_sharded over its group.
+  TORCH_ARG(std::function<AlsFactors(const CsrMatrix&, const ImplicitAlsOptions&)>, fit) = nullptr;
 };
 
 /// Fits the factorisations on `train`'s interactions and puts them into
 /// `model`'s tables (see the header comment).
 inline void initialize_tables_from_als(const torch::nn::Module& model, const Dataset& train,
                                        const AlsTablesOptions& options) {
-  const auto items = fit_implicit_als(user_item_matrix(train), options.als());
+  const auto fit = [&](const CsrMatrix& m, const ImplicitAlsOptions& o) {
+    return options.fit() ? options.fit()(m, o) : fit_implicit_als(m, o);
+  };
+  const auto items = fit(user_item_matrix(train), options.als());
   std::vector<torch::Tensor> user_parts{items.user};
   if (options.source_factors() > 0) {
     auto source_options = options.als();
     source_options.factors(options.source_factors()).seed(options.als().seed() + 1);
-    const auto sources = fit_implicit_als(user_source_matrix(train), source_options);
+    const auto sources = fit(user_source_matrix(train), source_options);
     user_parts.push_back(sources.user);
     set_table(model, options.source_table(), embedding_table(sources.item));
   }

@@ -136,12 +136,22 @@ struct RecipeModelFile {
   /// through the model's vocabulary.
   torch::Tensor score_candidates(Ranker& model, const Dataset& ds, const torch::Tensor& views,
                                  ScoreOptions options = {}) const {
+    return score_candidate_rows(model, ds, views, 0, ds.candidates.num_rows(), std::move(options));
+  }
+
+  /// score_candidates for candidate rows [first, first + count) only (one
+  /// rank's share, say).
+  torch::Tensor score_candidate_rows(Ranker& model, const Dataset& ds, const torch::Tensor& views, int64_t first,
+                                     int64_t count, ScoreOptions options = {}) const {
+    if (first < 0 || count < 0 || first + count > ds.candidates.num_rows())
+      throw Error(detail::concat("RecipeModelFile: candidate rows [", first, ", ", first + count, ") are not within the ",
+                                 ds.candidates.num_rows(), " candidates"));
     if (embedding_dim != ds.embedding_dim())
       throw Error(detail::concat("RecipeModelFile: the model reads ", embedding_dim, "-wide item content vectors, but the dataset's "
                                  "items have ", ds.embedding_dim(), "; score data with the training data's columns"));
     if (settings.bf16 && !options.autocast()) options.autocast(at::kBFloat16);
     const auto spec = with_recipe_columns(candidate_batch_spec(ds, vocabulary), settings, views, ds.candidates["item"]);
-    return score_groups(model, spec, torch::arange(ds.candidates.num_rows()).view({-1, 1}), options).view(-1);
+    return score_groups(model, spec, torch::arange(first, first + count).view({-1, 1}), options).view(-1);
   }
 
  private:

@@ -62,6 +62,9 @@ struct TrainEpochOptions {
   /// device sync).
   TORCH_ARG(double, progress_seconds) = 1.0;
   TORCH_ARG(std::function<void(const EpochProgress&)>, on_progress) = nullptr;
+  /// Called before every backward pass, with the batch's index in the
+  /// epoch (DataParallel::begin_step goes here).
+  TORCH_ARG(std::function<void(int64_t batch)>, before_backward) = nullptr;
   /// Called after every backward pass, before clipping and the optimizer
   /// steps, with the batch's index in the epoch: where gradients are
   /// exchanged between processes, or inspected.
@@ -88,7 +91,7 @@ inline void check_finite_losses(const torch::Tensor& sums, const std::vector<std
 
 /// Trains `model` for one epoch: starts `epoch` in the pipeline, and for
 /// every batch runs forward, the loss terms, the backward pass of their
-/// total, options.after_backward, gradient clipping and a step of every
+/// total (between options.before_backward and options.after_backward), gradient clipping and a step of every
 /// optimizer. `model` is a module holder (a Ranker, or a TORCH_MODULE of
 /// your own) with
 ///
@@ -131,6 +134,7 @@ EpochStats train_epoch(ModelHolder& model, const std::vector<torch::optim::Optim
     if (!loss.defined() || loss.dim() != 0)
       throw TensorError(detail::concat("train_epoch: loss_terms().total must be a scalar, got ",
                                        detail::shape_of(loss)));
+    if (options.before_backward()) options.before_backward()(stats.batches);
     loss.backward();
     if (options.after_backward()) options.after_backward()(stats.batches);
     if (options.clip_grad_norm() > 0) torch::nn::utils::clip_grad_norm_(parameters, options.clip_grad_norm());

@@ -51,6 +51,9 @@ struct TrainerOptions {
   TORCH_ARG(std::function<void(EpochRecord&)>, measure) = nullptr;
   /// Each record once its epoch is checkpointed: the reporters.
   TORCH_ARG(std::function<void(const EpochRecord&)>, on_epoch) = nullptr;
+  /// Called with the epoch's index before it trains (after the schedule is
+  /// applied): where a data-parallel rank reseeds its own dropout stream.
+  TORCH_ARG(std::function<void(int64_t epoch)>, on_epoch_start) = nullptr;
   /// A progress line on stderr while an epoch runs (ProgressLine).
   TORCH_ARG(bool, progress_line) = false;
 };
@@ -114,6 +117,7 @@ class Trainer {
       EpochRecord record;
       record.seed = options_.seed();
       record.frozen = schedule_.apply(*model_, epoch);
+      if (options_.on_epoch_start()) options_.on_epoch_start()(epoch);
       if (options_.progress_line()) {
         const bool frozen = record.frozen;
         const uint64_t seed = record.seed;
