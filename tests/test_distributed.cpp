@@ -5,6 +5,7 @@
 // has no Gloo (libgloo-dev not installed).
 
 #include "helpers.hpp"
+#include "vk_in_process.hpp"
 
 #include <rectrain/data/batch_pipeline.hpp>
 #include <rectrain/dist/data_parallel.hpp>
@@ -330,7 +331,9 @@ TEST_CASE("dist worker: train the toy model", "[.][dist-worker]") {
   const int64_t hang_at = std::stoll(env_or("TOY_HANG_AT", "-1"));
   epoch_options.after_backward([&](int64_t batch) {
     if (batch == die_at) ::raise(SIGKILL);
-    if (batch == hang_at) std::this_thread::sleep_for(std::chrono::hours(1));
+    // Hangs past the other rank's timeout and its wait for an answer
+    // (4 + 4 s), then goes on and fails on its own.
+    if (batch == hang_at) std::this_thread::sleep_for(std::chrono::seconds(12));
   });
   epoch_options = parallel.attach(epoch_options, sharded);
   const int64_t epochs = std::stoll(env_or("TOY_EPOCHS", "2"));
@@ -467,4 +470,49 @@ TEST_CASE("fit_implicit_als_sharded: two ranks give one process's factors", "[di
         CHECK(di < tolerance);
       }
     }
+}
+
+TEST_CASE("rectrain-vk train --nproc 2: outputs from rank 0, a killed rank stops the other, --resume ends on the "
+          "same bytes", "[dist][cli]") {
+  if (!have_gloo()) return;
+  TempDir dir;
+  const std::string data = dir.file("data");
+  REQUIRE_THAT(vk_out("synth --scale 0.002 --seed 3 --out " + data), Catch::Contains("synth:"));
+  const std::string program = vk_program();
+  const std::string vk = program.substr(0, program.find(" --threads")) + " --threads 1 train --nproc 2";
+  const std::string flags = " --data " + data + " --frozen-epochs 1 --unfrozen-epochs 1 --hidden 32,16 --seeds 1,2";
+  const auto full = run_command(vk + flags + " --out " + dir.file("full"));
+  INFO(full);
+  REQUIRE_THAT(full, Catch::Contains("train: done"));
+  CHECK_THAT(full, Catch::Contains("train: 2 ranks (gloo") && Catch::Contains("16 per batch"));
+  // Rank 1 prints nothing: every line once.
+  CHECK(full.find("train: done") == full.rfind("train: done"));
+  for (const char* file : {"predictions.csv", "metrics.jsonl", "model-seed1.pt", "model-seed2.pt", "checkpoint-seed2.pt"})
+    CHECK(fs::exists(dir.file("full/") + file));
+
+  // Rank 1 killed in its 80th step (epoch 1 of seed 1): rank 0 stops within
+  // the timeout and names it; --resume continues from the checkpoint.
+  const auto start = std::chrono::steady_clock::now();
+  const auto cut = run_command("(RECTRAIN_DIST_TIMEOUT=5 RECTRAIN_CRASH_AT=epoch.step:80 RECTRAIN_CRASH_RANK=1 " + vk +
+                               flags + " --out " + dir.file("cut") + ") 2>&1; echo exit $?");
+  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  INFO(cut);
+  CHECK_THAT(cut, Catch::Contains("rank 1 did not answer") && Catch::Contains("rank 1 was killed by signal 9") &&
+                      Catch::Contains("exit 1"));
+  CHECK(seconds < 60);
+  CHECK_FALSE(fs::exists(dir.file("cut/predictions.csv")));
+  const auto resumed = run_command(vk + flags + " --out " + dir.file("cut") + " --resume");
+  INFO(resumed);
+  CHECK_THAT(resumed, Catch::Contains("resumed from") && Catch::Contains("train: done"));
+  CHECK(read_file(dir.file("cut/predictions.csv")) == read_file(dir.file("full/predictions.csv")));
+
+  // Ranks started with other settings refuse, saying which.
+  const std::string one_rank = program.substr(0, program.find(" --threads")) + " --threads 1 train --data " + data +
+                               " --frozen-epochs 1 --unfrozen-epochs 1 --seeds 1,2 --out " + dir.file("differ");
+  const auto differ = run_command("RECTRAIN_DIST_TIMEOUT=20 WORLD_SIZE=2 RANK=0 MASTER_PORT=" +
+                                  std::to_string(free_local_port()) + " sh -c '" + one_rank + " --hidden 32,16 & RANK=1 " +
+                                  one_rank + " --hidden 8; wait'");
+  INFO(differ);
+  CHECK_THAT(differ, Catch::Contains("the ranks disagree on the settings") && Catch::Contains("hidden=32,16") &&
+                         Catch::Contains("hidden=8"));
 }

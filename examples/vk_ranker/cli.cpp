@@ -6,6 +6,8 @@
 #include "train.hpp"
 
 #include <rectrain/rectrain.hpp>
+#include <rectrain/dist/local_launcher.hpp>
+#include <rectrain/dist/process_group.hpp>
 
 #include <CLI/CLI.hpp>
 
@@ -167,8 +169,12 @@ int cli_main(int argc, char** argv) {
   } clear_inputs_at_exit;
   CLI::App app{"rectrain-vk: the VK RecSys Challenge 2024 ranking recipe on rectrain"};
   app.require_subcommand(0, 1);
-  int threads = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
-  app.add_option("--threads", threads, "LibTorch intra-op threads")->check(CLI::PositiveNumber)->capture_default_str();
+  quiet() = false;
+  const int cores = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  int threads = cores;
+  auto* threads_option = app.add_option("--threads", threads, "LibTorch intra-op threads (default: the cores, "
+                                        "divided between the local ranks of a data-parallel run)")
+                              ->check(CLI::PositiveNumber)->capture_default_str();
   double scale = 0.01;
   std::string out, data, predictions = "predictions.csv", candidates, which = "like_rate", dir, device = "cpu";
   std::string seeds = "1,2,3", memory_budget = "auto";
@@ -203,6 +209,10 @@ int cli_main(int argc, char** argv) {
                   "Start afresh in an --out that holds another run's outputs (removing them first)");
   option(train, "--stop-after", run.stop_after, "Stop after this many epochs (0: never); continue with --resume");
   option(train, "--workers", run.workers, "Batch pipeline threads")->check(CLI::NonNegativeNumber);
+  int64_t nproc = 1;
+  option(train, "--nproc", nproc, "Data-parallel ranks to start on this machine (as torchrun --nproc-per-node; "
+                                  "under torchrun or srun, each rank reads RANK, WORLD_SIZE, MASTER_ADDR, ...)")
+      ->check(CLI::PositiveNumber);
   const auto apply_recipe = add_settings(train, recipe);
   train->add_flag("--allow-slow-bf16", allow_slow_bf16,
                   "Run --bf16 on a CPU without native bf16 (AVX512-BF16 or AMX) all the same");
@@ -235,12 +245,21 @@ int cli_main(int argc, char** argv) {
                  app.get_subcommands().empty() ? "" : (app.get_subcommands()[0]->get_name() + " ").c_str());
     return 2;
   }
+  // The cores are shared by the ranks started on this machine.
+  const char* local_world = std::getenv("LOCAL_WORLD_SIZE");
+  const int64_t local_ranks = launched_as_rank() ? (local_world ? std::max(1, std::atoi(local_world)) : 1)
+                                                 : (*train ? nproc : 1);
+  if (threads_option->count() == 0) threads = std::max<int>(1, cores / static_cast<int>(local_ranks));
   torch::set_num_threads(threads);
   set_durable_writes(durable);
   set_warning_handler([](const std::string& what) { std::fprintf(stderr, "rectrain-vk: warning: %s\n", what.c_str()); });
   // Every failure is one message (and exit 1), never a LibTorch stack trace.
-  auto report = [](const std::string& what) {
-    std::fprintf(stderr, "rectrain-vk: error: %s\n", what.c_str());
+  const char* rank_text = std::getenv("RANK");
+  const std::string rank_prefix = launched_as_rank() && rank_text ? std::string("rank ") + rank_text + ": " : "";
+  auto report = [&rank_prefix](const std::string& what) {
+    // A distributed error names its rank already.
+    const bool named = what.rfind("rank ", 0) == 0;
+    std::fprintf(stderr, "rectrain-vk: error: %s%s\n", named ? "" : rank_prefix.c_str(), what.c_str());
     return 1;
   };
   try {
@@ -263,6 +282,29 @@ int cli_main(int argc, char** argv) {
     if (run.stop_after < 0) throw Error("--stop-after must be >= 0, got " + std::to_string(run.stop_after));
     run.memory_budget = budget();
     for (int i = 0; i < argc; ++i) run.command += (i ? " " : "") + std::string(argv[i]);
+    if (nproc > 1 && !launched_as_rank()) {
+      // The launcher: this program again, once per rank, each told its rank.
+      std::vector<std::string> args{"/proc/self/exe"};
+      for (int i = 1; i < argc; ++i) args.emplace_back(argv[i]);
+      say("train: starting %lld ranks on this machine, %d threads each\n", nproc, threads);
+      const double timeout = DistributedOptions::from_environment().timeout_seconds();
+      return LocalLauncher(LocalLaunchOptions(nproc).grace_seconds(timeout + 30)).run(args);
+    }
+    if (launched_as_rank()) {
+      auto distributed = DistributedOptions::from_environment();
+      if (nproc != 1 && nproc != distributed.world_size())
+        throw Error("--nproc " + std::to_string(nproc) + " differs from WORLD_SIZE " +
+                    std::to_string(distributed.world_size()) + " set by the launcher; drop --nproc under torchrun");
+      if (distributed.world_size() > 1) {
+        auto where = parse_device(device, "--device");
+        if (where.is_cuda() && !where.has_index()) {  // one GPU per local rank
+          run.device = "cuda:" + std::to_string(distributed.local_rank());
+          where = parse_device(run.device, "--device");
+        }
+        quiet() = distributed.rank() != 0;
+        run.group = ProcessGroup::create(distributed, where);
+      }
+    }
     return run_train(run);
   } catch (const c10::Error& e) {
     // LibTorch's own message, without its backtrace.

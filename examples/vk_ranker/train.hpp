@@ -3,9 +3,14 @@
 // per seed, each with its own validation split, checkpointed every epoch.
 
 #include <rectrain/rectrain.hpp>
+#include <rectrain/dist/data_parallel.hpp>
+#include <rectrain/dist/sharded_als.hpp>
+#include <rectrain/dist/sharded_compute.hpp>
 
 #include <cstdio>
 #include <filesystem>
+#include <memory>
+#include <optional>
 #include <string>
 #include <type_traits>
 #include <utility>
@@ -21,8 +26,16 @@ auto printf_arg(T v) {
   else if constexpr (std::is_integral_v<T>) return static_cast<unsigned long long>(v);
   else return v;
 }
+/// True on the ranks of a data-parallel run other than rank 0: they print
+/// nothing but their errors.
+inline bool& quiet() {
+  static bool q = false;
+  return q;
+}
+
 template <typename... Args>
 void say(const char* format, Args... args) {
+  if (quiet()) return;
   if constexpr (sizeof...(Args) == 0) std::fputs(format, stdout);  // a plain line: no format to check
   else std::printf(format, printf_arg(args)...);
   std::fflush(stdout);
@@ -36,6 +49,26 @@ struct TrainRun {
   int64_t stop_after = 0, workers = 2;     ///< stop_after: epochs this run trains at most (0: no limit)
   int64_t memory_budget = 0;  ///< refuse a dataset whose loading peak is above this (0: none)
   rectrain::RecipeSettings config;
+  /// The ranks of a data-parallel run (null: this process alone). Rank 0
+  /// leads: it alone writes checkpoints, models, metrics and predictions.
+  std::shared_ptr<rectrain::ProcessGroup> group;
+  bool lead() const { return !group || group->rank() == 0; }
+  int64_t world_size() const { return group ? group->world_size() : 1; }
+  /// fn() here; in a data-parallel run, then every rank learns whether it
+  /// failed on any rank (checked_on_every_rank).
+  template <typename F>
+  void on_every_rank(const std::string& what, F&& fn) const {
+    if (group) rectrain::checked_on_every_rank(*group, what, std::forward<F>(fn));
+    else fn();
+  }
+  /// What the ranks of a run must agree on (the data is compared apart).
+  std::string settings_text() const {
+    std::string seeds_text;
+    for (const auto seed : seeds) seeds_text += (seeds_text.empty() ? "" : ",") + std::to_string(seed);
+    return config.to_text() + "seeds=" + seeds_text + "\nresume=" + std::to_string(resume) +
+           "\noverwrite=" + std::to_string(overwrite) + "\nstop_after=" + std::to_string(stop_after) +
+           "\ndevice_type=" + rectrain::parse_device(device, "--device").str().substr(0, 4) + "\n";
+  }
 };
 
 inline rectrain::RunDirectory run_directory(const std::string& out) {
@@ -75,7 +108,16 @@ inline std::pair<torch::Tensor, rectrain::ScoreScale> train_seed(
                 "have none; the target head would learn nothing; lower --group-size or check the like and dislike "
                 "columns");
   cfg.adapt_to(train, sampler.num_groups());
-  sampler.set_batch_size(cfg.batch_groups);
+  // A data-parallel step takes batch_groups over all ranks: the same global
+  // batch as one process, each rank a share of it.
+  const int64_t world = run.world_size();
+  sampler.set_batch_size(std::max<int64_t>(1, cfg.batch_groups / world));
+  std::unique_ptr<ShardedSampler> sharded;
+  if (run.group) sharded = std::make_unique<ShardedSampler>(sampler, run.group->rank(), world);
+  BatchSampler& batches = sharded ? static_cast<BatchSampler&>(*sharded) : sampler;
+  if (world > 1 && cfg.batch_groups % world != 0)
+    say("seed %llu: --batch-groups %lld is not a multiple of the %lld ranks: each takes %lld groups a step, %lld in "
+        "all\n", seed, cfg.batch_groups, world, sampler.options().batch_size(), sampler.options().batch_size() * world);
   std::vector<std::string> unused;
   const auto signals = trainable_signals(train, cfg.extra_heads, &unused);
   say("seed %llu: %lld training rows in %lld groups of %lld, %lld per batch; validation: last %lld views of %lld "
@@ -106,9 +148,12 @@ inline std::pair<torch::Tensor, rectrain::ScoreScale> train_seed(
                   "resume with the data it was trained on, or start afresh with --overwrite");
   } else if (cfg.als) {
     const Stopwatch als_time;
-    initialize_tables_from_als(*model, train, AlsTablesOptions(ImplicitAlsOptions(cfg.item_factors)
-        .iterations(cfg.als_iterations).regularization(cfg.als_regularization).seed(seed).device(device))
-        .source_factors(cfg.source_factors));
+    AlsTablesOptions als(ImplicitAlsOptions(cfg.item_factors)
+        .iterations(cfg.als_iterations).regularization(cfg.als_regularization).seed(seed).device(device));
+    als.source_factors(cfg.source_factors);
+    if (run.group)
+      als.fit([&run](const CsrMatrix& m, const ImplicitAlsOptions& o) { return fit_implicit_als_sharded(m, *run.group, o); });
+    initialize_tables_from_als(*model, train, als);
     say("seed %llu: ALS init (%lld + %lld factors) in %.1f s\n", seed, cfg.item_factors, cfg.source_factors,
         als_time.seconds());
   }
@@ -120,19 +165,40 @@ inline std::pair<torch::Tensor, rectrain::ScoreScale> train_seed(
                              parse_table_update(cfg.table_update));
   const auto train_views = item_view_counts(train);
   BatchPipeline pipeline(with_recipe_columns(standard_batch_spec(train), cfg, train_views, train.interactions["item"]),
-                         sampler, BatchPipelineOptions().device(device).workers(run.workers));
+                         batches, BatchPipelineOptions().device(device).workers(run.workers));
   ScoreOptions scoring;
   scoring.device(device);
   if (cfg.bf16) scoring.autocast(at::kBFloat16);
   const auto valid_spec =
       with_recipe_columns(standard_batch_spec(split.valid), cfg, train_views, split.valid.interactions["item"]);
-  const auto valid_scores = [&] { return score_groups(model, valid_spec, split.valid_rows, scoring).reshape(-1); };
+  // Each rank scores its share of the validation groups; every rank gets
+  // all the scores, so GAUC is over all held-out users everywhere.
+  const auto valid_scores = [&] {
+    if (!run.group) return score_groups(model, valid_spec, split.valid_rows, scoring).reshape(-1);
+    return compute_sharded(*run.group, split.valid_rows.size(0), [&](int64_t first, int64_t count) {
+      return score_groups(model, valid_spec, split.valid_rows.narrow(0, first, count), scoring);
+    }, "validation scores").reshape(-1);
+  };
   TrainEpochOptions epoch_options;
   epoch_options.clip_grad_norm(cfg.clip_grad_norm);
   if (cfg.bf16) epoch_options.autocast(at::kBFloat16);
+  // The replicas start from rank 0's weights (ALS included) and exchange
+  // gradients after every backward.
+  std::unique_ptr<DataParallel> parallel;
+  if (run.group) {
+    parallel = std::make_unique<DataParallel>(*model, run.group);
+    epoch_options = parallel->attach(epoch_options, *sharded);
+  }
+  const int64_t rank = run.group ? run.group->rank() : 0;
   Trainer<Ranker> trainer(model, optimizers.all(), pipeline,
       PhaseSchedule(cfg.frozen_epochs, cfg.unfrozen_epochs, cfg.freeze ? tables : std::vector<std::string>{}),
-      TrainerOptions().seed(seed).epoch_options(epoch_options).checkpoint_path(checkpoint).progress_line(true)
+      TrainerOptions().seed(seed).epoch_options(epoch_options).checkpoint_path(run.lead() ? checkpoint : "")
+          .progress_line(run.lead())
+          .on_epoch_start([&run, seed, rank](int64_t epoch) {
+            // Each rank its own dropout stream, fixed by (seed, rank, epoch):
+            // a resumed rank draws what it would have drawn.
+            if (run.group) torch::manual_seed(stream_seed(seed, static_cast<uint64_t>(1 + rank), static_cast<uint64_t>(epoch)));
+          })
           .measure([&](EpochRecord& r) {
             measure_matmul_rates(r, model, cfg.batch_groups * cfg.group_size, device,
                                  cfg.bf16 ? torch::kBFloat16 : torch::kFloat);
@@ -141,10 +207,10 @@ inline std::pair<torch::Tensor, rectrain::ScoreScale> train_seed(
           .on_epoch([&](const EpochRecord& r) {
             say("%s\n", r.summary().c_str());
             records.push_back(r);
-            write_lines_atomically(dir.file("metrics.jsonl"), to_json_lines(records));
+            if (run.lead()) write_lines_atomically(dir.file("metrics.jsonl"), to_json_lines(records));
           }));
   trainer.checkpoint().add("config", config_text).add("data", data_text);
-  if (resuming) say("seed %llu: resumed from %s after epoch %lld\n", seed, checkpoint.c_str(), trainer.resume());
+  if (resuming) say("seed %llu: resumed from %s after epoch %lld\n", seed, checkpoint.c_str(), trainer.resume(checkpoint));
   records.insert(records.end(), trainer.records().begin(), trainer.records().end());
   reuse_freed_memory();  // from here on every step allocates blocks of the same sizes: keep them
   const int64_t before = trainer.epochs_done();
@@ -155,8 +221,12 @@ inline std::pair<torch::Tensor, rectrain::ScoreScale> train_seed(
   // ensemble score does not depend on the other candidates.
   const RecipeModelFile file{cfg, signals, train.embedding_dim(), data, Vocabulary::of(train),
                              ScoreScale::of(valid_scores())};
-  file.save(dir.seed_file("model", seed), model);
-  return {file.score_candidates(model, train, all_views, scoring), file.scale};
+  if (run.lead()) file.save(dir.seed_file("model", seed), model);
+  if (!run.group) return {file.score_candidates(model, train, all_views, scoring), file.scale};
+  return {compute_sharded(*run.group, train.candidates.num_rows(), [&](int64_t first, int64_t count) {
+            return file.score_candidate_rows(model, train, all_views, first, count, scoring);
+          }, "candidate scores"),
+          file.scale};
 }
 
 /// Refuses to mix this run's files with another run's in --out (or removes
@@ -186,12 +256,22 @@ inline int run_train(const TrainRun& run) {
   const Stopwatch t0;
   say("rectrain-vk train: rectrain %s, LibTorch %d.%d, %d threads, device %s\n", version_string, TORCH_VERSION_MAJOR,
       TORCH_VERSION_MINOR, at::get_num_threads(), run.device.c_str());
+  if (run.group)
+    say("train: %lld ranks (%s, rendezvous at %s:%lld); rank 0 writes the outputs\n", run.group->world_size(),
+        to_string(run.group->backend()), run.group->options().master_addr().c_str(), run.group->options().master_port());
   protect_input(run.data);  // one run per --out, and never over its own inputs
-  DirectoryLock lock(run.out, run.command);
-  prepare_output_directory(run);
+  std::optional<DirectoryLock> lock;
+  run.on_every_rank("preparing --out " + run.out, [&] {
+    if (!run.lead()) return;
+    lock.emplace(run.out, run.command);
+    prepare_output_directory(run);
+  });
+  if (run.group) agree_across_ranks(*run.group, "the settings", run.settings_text());
   const auto options = DatasetOptions().memory_budget(run.memory_budget);
-  auto loaded = load_dataset_or_cache(run.data, options);
+  Dataset loaded;
+  run.on_every_rank("loading " + run.data, [&] { loaded = load_dataset_or_cache(run.data, options); });
   const std::string data = DatasetFingerprint::of(loaded).to_text();
+  if (run.group) agree_across_ranks(*run.group, "the data (" + run.data + ")", data);
   say("data: %lld interactions, %lld users, %lld items, %lld sources, %lld candidates (%.1f s)\n",
       loaded.num_interactions(), loaded.num_users(), loaded.num_items(), loaded.num_sources(),
       loaded.candidates.num_rows(), t0.seconds());
@@ -224,6 +304,7 @@ inline int run_train(const TrainRun& run) {
     scales.push_back(scale);
     if (run.seeds.size() > 1) print_candidate_gauc("seed " + std::to_string(run.seeds[k]), meta, seed_scores);
   }
+  if (!run.lead()) return 0;  // rank 0 writes the outputs
   const auto dir = run_directory(run.out);
   write_lines_atomically(dir.file("metrics.jsonl"), to_json_lines(records));
   const auto speed = run_speed(records);

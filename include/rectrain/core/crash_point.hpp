@@ -10,6 +10,9 @@
 //   directory.swap     write_directory_atomically's new contents are
 //                      complete beside the directory, not yet swapped in
 //
+// With RECTRAIN_CRASH_RANK=<r> as well, only the process whose RANK is r
+// crashes (one rank of a data-parallel run).
+//
 // Compiled in only where a build asks for it with RECTRAIN_FAULT_INJECTION=1
 // (rectrain's own tests and rectrain-vk do, for the fault tests); elsewhere
 // a crash point is nothing, and no environment variable can kill a user's
@@ -41,6 +44,9 @@ inline CrashTarget* crash_target() {
   static CrashTarget* target = []() -> CrashTarget* {
     const char* spec = std::getenv("RECTRAIN_CRASH_AT");
     if (!spec || !*spec) return nullptr;
+    const char* only_rank = std::getenv("RECTRAIN_CRASH_RANK");
+    const char* rank = std::getenv("RANK");
+    if (only_rank && *only_rank && std::strcmp(only_rank, rank ? rank : "0") != 0) return nullptr;
     const char* colon = std::strrchr(spec, ':');
     auto* t = new CrashTarget;  // lives as long as the process
     t->point = colon ? std::string(spec, colon) : std::string(spec);

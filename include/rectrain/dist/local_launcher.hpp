@@ -1,7 +1,7 @@
 #pragma once
 // Starting N ranks of a program on this machine, as `torchrun --no-python
 // --nproc-per-node N program ...` does: each rank is the program run again
-// with RANK, LOCAL_RANK, WORLD_SIZE, MASTER_ADDR (127.0.0.1) and
+// with RANK, LOCAL_RANK, WORLD_SIZE, LOCAL_WORLD_SIZE, MASTER_ADDR (127.0.0.1) and
 // MASTER_PORT (a free port) in its environment. When a rank fails, the
 // others stop by themselves within the group's timeout (ProcessGroup); the
 // launcher kills whatever still runs `grace_seconds` after the first
@@ -112,13 +112,14 @@ class LocalLauncher {
       for (char** e = environ; *e; ++e) {
         const std::string v(*e);
         bool ours = false;
-        for (const char* name : {"RANK=", "LOCAL_RANK=", "WORLD_SIZE=", "MASTER_ADDR=", "MASTER_PORT="})
+        for (const char* name : {"RANK=", "LOCAL_RANK=", "WORLD_SIZE=", "LOCAL_WORLD_SIZE=", "MASTER_ADDR=", "MASTER_PORT="})
           ours = ours || v.rfind(name, 0) == 0;
         if (!ours) env.push_back(v);
       }
       env.push_back(detail::concat("RANK=", r));
       env.push_back(detail::concat("LOCAL_RANK=", r));
       env.push_back(detail::concat("WORLD_SIZE=", options_.nproc()));
+      env.push_back(detail::concat("LOCAL_WORLD_SIZE=", options_.nproc()));
       env.push_back("MASTER_ADDR=127.0.0.1");
       env.push_back(detail::concat("MASTER_PORT=", port));
       if (options_.environment())

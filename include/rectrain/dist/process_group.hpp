@@ -47,6 +47,7 @@
 #include <chrono>
 #include <cstdint>
 #include <cstdlib>
+#include <exception>
 #include <memory>
 #include <string>
 #include <thread>
@@ -475,6 +476,33 @@ inline void agree_across_ranks(ProcessGroup& group, const std::string& what, con
     message = "; this rank agrees with rank 0, another rank does not (see rank 0's message)";
   }
   throw DistributedError(detail::concat(group.describe(), ": the ranks disagree on ", what, message));
+}
+
+/// Runs `fn` on this rank, then tells every rank whether it failed on any:
+/// where fn threw, its exception goes on; the other ranks throw a
+/// DistributedError naming the ranks that failed and `what` they were
+/// doing, instead of waiting for them in their next collective until the
+/// timeout. Every rank must call it, in the same order.
+template <typename F>
+void checked_on_every_rank(ProcessGroup& group, const std::string& what, F&& fn) {
+  std::exception_ptr error;
+  try {
+    fn();
+  } catch (...) {
+    error = std::current_exception();
+  }
+  if (group.world_size() > 1) {
+    auto failed = torch::zeros({group.world_size()}, torch::TensorOptions(torch::kFloat32).device(group.device()));
+    if (error) failed[group.rank()].fill_(1);
+    group.all_reduce_sum(failed, "sharing whether " + what + " succeeded");
+    const auto host = failed.cpu();
+    std::string ranks;
+    for (int64_t r = 0; r < group.world_size(); ++r)
+      if (host[r].item<float>() > 0) ranks += (ranks.empty() ? "rank " : ", rank ") + std::to_string(r);
+    if (!error && !ranks.empty())
+      throw DistributedError(detail::concat(group.describe(), ": ", what, " failed on ", ranks, " (see its message)"));
+  }
+  if (error) std::rethrow_exception(error);
 }
 
 } // namespace rectrain
