@@ -7,3 +7,4 @@ int sampler_bench_main(int argc, char** argv);
 int pipeline_bench_main(int argc, char** argv);
 int als_bench_main(int argc, char** argv);
 int model_bench_main(int argc, char** argv);
+int dist_bench_main(int argc, char** argv);

@@ -14,10 +14,11 @@
 //    (gradient hooks), while backward goes on with the rest; buckets start
 //    in a fixed order on every rank, as c10d requires;
 //  - sparse gradients (id tables with sparse(true)) are exchanged as
-//    (row, values) pairs with all-gather, or densified and all-reduced when
-//    that moves fewer bytes (chosen per table and step; stats() counts
-//    which); the result keeps every rank's rows, so SparseAdam sums repeats
-//    exactly as one process would;
+//    (row, values) pairs gathered from every rank, all tables in one
+//    buffer, or densified and all-reduced when that moves fewer bytes
+//    (chosen per table and step; stats() counts which); the result keeps
+//    every rank's rows, so SparseAdam sums repeats exactly as one process
+//    would;
 //  - floating buffers (BatchNorm's running statistics) are averaged.
 //
 // A parameter no rank gave a gradient keeps none (an optimizer skips it,
@@ -79,6 +80,8 @@ struct ExchangeStats {
   int64_t sparse_gathered = 0;   ///< table-steps exchanged as (row, values) pairs
   int64_t sparse_densified = 0;  ///< table-steps exchanged densified
   double sync_seconds = 0;  ///< in synchronize_gradients: waiting for and finishing the exchange
+  double dense_seconds = 0;   ///< of which finishing and waiting for the dense buckets
+  double sparse_seconds = 0;  ///< of which exchanging the sparse tables
   double bytes_per_step() const {
     return steps > 0 ? (dense_bytes + sparse_bytes + buffer_bytes) / static_cast<double>(steps) : 0;
   }
@@ -100,6 +103,7 @@ class DataParallel {
     agree_on_parameters();
     broadcast_state();
     build_buckets();
+    place_buffers();
     if (options_.overlap()) register_hooks();
   }
   DataParallel(const DataParallel&) = delete;
@@ -157,8 +161,12 @@ class DataParallel {
     start_ready_buckets(/*all=*/true);
     for (auto& b : buckets_) group_->wait(b.work);
     for (auto& d : dense_) take_slot(d);
-    for (auto& s : sparse_) exchange_sparse(s);
-    if (options_.average_buffers()) average_buffers();
+    stats_.dense_seconds += clock.seconds();
+    const Stopwatch sparse_clock;
+    exchange_sparse();
+    stats_.sparse_seconds += sparse_clock.seconds();
+    take_buffers();
+    if (!separate_buffers_.empty()) average_buffers(separate_buffers_);
     ++stats_.steps;
     stats_.sync_seconds += clock.seconds();
   }
@@ -230,6 +238,11 @@ class DataParallel {
       if (d.param.device() != group_->device())
         throw TensorError(detail::concat("DataParallel: parameter ", d.name, " is on ", d.param.device(),
                                          ", the process group on ", group_->device()));
+    for (const auto& s : sparse_)
+      if (s.param.scalar_type() != sparse_.front().param.scalar_type())
+        throw TensorError(detail::concat("DataParallel: sparse tables must share one type; ", s.name, " is ",
+                                         s.param.scalar_type(), ", ", sparse_.front().name, " ",
+                                         sparse_.front().param.scalar_type()));
     for (const auto& s : sparse_)
       if (s.param.dim() != 2 || s.param.device() != group_->device())
         throw TensorError(detail::concat("DataParallel: sparse parameter ", s.name, " must be a 2-D table on ",
@@ -345,16 +358,61 @@ class DataParallel {
 
   // Starts the buckets whose gradients are all in, in order, stopping at
   // the first that is not ready (all: starts every remaining one).
+  // Floating buffers ride in the first bucket's all-reduce, after its
+  // flags (forward has updated them when backward starts the bucket); a
+  // buffer of another type than that bucket's is averaged on its own.
+  void place_buffers() {
+    if (!options_.average_buffers() || group_->world_size() == 1) return;
+    int64_t extra = 0;
+    for (auto& b : module_.buffers()) {
+      if (!b.is_floating_point() || b.numel() == 0) continue;
+      if (!buckets_.empty() && b.scalar_type() == buckets_.front().flat.scalar_type() && b.device() == group_->device()) {
+        shared_buffers_.push_back(b);
+        extra += b.numel();
+      } else {
+        separate_buffers_.push_back(b);
+      }
+    }
+    if (extra == 0) return;
+    auto& first = buckets_.front();
+    buffers_at_ = first.flat.numel();
+    first.flat = torch::cat({first.flat, torch::zeros({extra}, first.flat.options())});
+  }
+
+  void put_buffers() {
+    torch::NoGradGuard no_grad;
+    int64_t offset = buffers_at_;
+    const double scale = 1.0 / static_cast<double>(group_->world_size());
+    for (auto& b : shared_buffers_) {
+      buckets_.front().flat.narrow(0, offset, b.numel()).copy_(b.reshape({-1})).mul_(scale);
+      offset += b.numel();
+    }
+  }
+
+  void take_buffers() {
+    if (shared_buffers_.empty()) return;
+    torch::NoGradGuard no_grad;
+    int64_t offset = buffers_at_;
+    for (auto& b : shared_buffers_) {
+      b.copy_(buckets_.front().flat.narrow(0, offset, b.numel()).view(b.sizes()));
+      offset += b.numel();
+    }
+    stats_.buffer_bytes += static_cast<double>((buckets_.front().flat.numel() - buffers_at_) *
+                                               static_cast<int64_t>(buckets_.front().flat.element_size()));
+  }
+
   void start_ready_buckets(bool all) {
     while (next_bucket_ < buckets_.size()) {
       auto& b = buckets_[next_bucket_];
       if (!all && b.waiting > 0) return;
+      if (next_bucket_ == 0 && !shared_buffers_.empty()) put_buffers();
       if (all)
         for (const size_t i : b.members)
           if (!dense_[i].filled) fill_slot(i, torch::Tensor());
       b.work = group_->start_all_reduce_sum(b.flat, "all-reduce of the gradients");
       b.started = true;
-      stats_.dense_bytes += static_cast<double>(b.flat.numel() * static_cast<int64_t>(b.flat.element_size()));
+      stats_.dense_bytes += static_cast<double>((next_bucket_ == 0 && !shared_buffers_.empty() ? buffers_at_ : b.flat.numel()) *
+                                                static_cast<int64_t>(b.flat.element_size()));
       ++next_bucket_;
     }
   }
@@ -374,11 +432,12 @@ class DataParallel {
       d.param.mutable_grad() = slot.clone();
   }
 
-  void exchange_sparse(SparseParameter& s) {
-    torch::NoGradGuard no_grad;
+  // This rank's gradient of a table as (rows, values), values weighted by
+  // the step's share; empty when it has none.
+  std::pair<torch::Tensor, torch::Tensor> local_rows(const SparseParameter& s) const {
     const int64_t rows = s.param.size(0), dim = s.param.size(1);
-    torch::Tensor index, values;
     const auto grad = s.param.grad();
+    torch::Tensor index, values;
     if (grad.defined() && grad.is_sparse()) {
       index = grad._indices()[0];
       values = grad._values();
@@ -389,69 +448,134 @@ class DataParallel {
       index = torch::empty({0}, torch::TensorOptions(torch::kInt64).device(s.param.device()));
       values = torch::empty({0, dim}, s.param.options().requires_grad(false));
     }
-    values = (values * share_).contiguous();
-    const auto counts_all = group_->all_gather(
-        torch::tensor({index.size(0)}, torch::TensorOptions(torch::kInt64).device(group_->device())),
-        "all-gather of " + s.name + "'s gradient row counts");
-    int64_t total = 0, most = 0;
-    std::vector<int64_t> counts;
-    for (const auto& c : counts_all) {
-      counts.push_back(c.item<int64_t>());
-      total += counts.back();
-      most = std::max(most, counts.back());
+    return {index.contiguous(), (values * share_).contiguous()};
+  }
+
+  // Every sparse table's gradient in two collectives, whatever the number
+  // of tables: the row counts of every rank and table, then one buffer
+  // that holds the tables exchanged as (row, values) pairs, each rank
+  // writing its own slot (see ProcessGroup::all_gather), and the tables
+  // densified because their rows would cost more than the table itself,
+  // summed over the ranks. Rows travel as floats where the type holds every
+  // row number exactly (float32: tables up to 2^24 rows); a larger table's
+  // rows take a third collective, in int64.
+  void exchange_sparse() {
+    if (sparse_.empty()) return;
+    torch::NoGradGuard no_grad;
+    const int64_t world = group_->world_size(), rank = group_->rank(), tables = static_cast<int64_t>(sparse_.size());
+    const auto on_device = torch::TensorOptions().device(group_->device());
+    const auto value_options = sparse_.front().param.options().requires_grad(false);
+    std::vector<std::pair<torch::Tensor, torch::Tensor>> local;
+    auto counts = torch::zeros({world, tables}, on_device.dtype(torch::kInt64));
+    for (int64_t t = 0; t < tables; ++t) {
+      local.push_back(local_rows(sparse_[static_cast<size_t>(t)]));
+      counts[rank][t].fill_(local.back().first.size(0));
     }
-    if (total == 0) {
-      if (grad.defined()) s.param.mutable_grad().reset();
-      return;
-    }
-    const int64_t element = static_cast<int64_t>(s.param.element_size());
-    const double gather_bytes = static_cast<double>(most * (dim * element + 8));
-    const double dense_bytes = static_cast<double>(rows * (dim + 1) * element);
-    const bool densify = options_.sparse_exchange() == SparseExchange::Dense ||
-                         (options_.sparse_exchange() == SparseExchange::Auto && dense_bytes < gather_bytes);
-    torch::Tensor result;
-    if (densify) {
-      auto table = torch::zeros({rows, dim + 1}, values.options());
-      if (index.size(0) > 0) {
-        table.narrow(1, 0, dim).index_add_(0, index, values);
-        table.select(1, dim).index_add_(0, index, torch::ones({index.size(0)}, values.options()));
+    group_->all_reduce_sum(counts, "all-reduce of the sparse gradients' row counts");
+    const auto n = counts.cpu();
+    const auto* c = n.data_ptr<int64_t>();
+    const int64_t exact_rows = int64_t{1} << (sparse_.front().param.scalar_type() == torch::kFloat64 ? 53 : 24);
+
+    // The plan, the same on every rank: each table's mode and place.
+    struct Place {
+      int64_t total = 0, most = 0;
+      bool densify = false, int_rows = false;
+      int64_t rows_at = 0, values_at = 0;  // gathered: offsets in a rank's slot (rows_at in the int64 slot if int_rows)
+      int64_t table_at = 0;                // densified: offset in the summed part
+    };
+    std::vector<Place> place(static_cast<size_t>(tables));
+    int64_t slot = 0, int_slot = 0, summed = 0;
+    for (int64_t t = 0; t < tables; ++t) {
+      auto& q = place[static_cast<size_t>(t)];
+      const auto& p = sparse_[static_cast<size_t>(t)].param;
+      for (int64_t r = 0; r < world; ++r) {
+        q.most = std::max(q.most, c[r * tables + t]);
+        q.total += c[r * tables + t];
       }
-      group_->all_reduce_sum(table, "all-reduce of " + s.name + "'s gradient");
-      const auto touched = table.select(1, dim).nonzero().select(1, 0);
-      result = torch::sparse_coo_tensor(touched.unsqueeze(0), table.narrow(1, 0, dim).index_select(0, touched),
-                                        s.param.sizes(), s.param.options().layout(torch::kSparse).requires_grad(false))
-                   ._coalesced_(true);
-      stats_.sparse_bytes += dense_bytes;
-      ++stats_.sparse_densified;
-    } else {
-      const auto all_index = gather_rows(index, counts, most, "all-gather of " + s.name + "'s gradient rows");
-      const auto all_values = gather_rows(values, counts, most, "all-gather of " + s.name + "'s gradient values");
-      result = torch::sparse_coo_tensor(all_index.unsqueeze(0), all_values, s.param.sizes(),
-                                        s.param.options().layout(torch::kSparse).requires_grad(false));
+      if (q.total == 0) continue;
+      const int64_t element = static_cast<int64_t>(p.element_size()), dim = p.size(1);
+      const double gather_bytes = static_cast<double>(world * q.most * (dim + 1) * element);
+      const double dense_bytes = static_cast<double>(p.size(0) * (dim + 1) * element);
+      q.densify = options_.sparse_exchange() == SparseExchange::Dense ||
+                  (options_.sparse_exchange() == SparseExchange::Auto && dense_bytes < gather_bytes);
+      if (q.densify) {
+        q.table_at = summed;
+        summed += p.size(0) * (dim + 1);
+        stats_.sparse_bytes += dense_bytes;
+        ++stats_.sparse_densified;
+        continue;
+      }
+      q.int_rows = p.size(0) > exact_rows;
+      if (q.int_rows) {
+        q.rows_at = int_slot;
+        int_slot += q.most;
+      } else {
+        q.rows_at = slot;
+        slot += q.most;
+      }
+      q.values_at = slot;
+      slot += q.most * dim;
       stats_.sparse_bytes += gather_bytes;
       ++stats_.sparse_gathered;
     }
-    s.param.mutable_grad() = result;
+    if (slot + summed == 0) {
+      for (auto& sp : sparse_)
+        if (sp.param.grad().defined()) sp.param.mutable_grad().reset();
+      return;
+    }
+    auto buffer = torch::zeros({world * slot + summed}, value_options);
+    auto slots = buffer.narrow(0, 0, world * slot).view({world, slot});
+    auto sums = buffer.narrow(0, world * slot, summed);
+    torch::Tensor int_slots;
+    if (int_slot > 0) int_slots = torch::zeros({world, int_slot}, on_device.dtype(torch::kInt64));
+    for (int64_t t = 0; t < tables; ++t) {
+      const auto& q = place[static_cast<size_t>(t)];
+      if (q.total == 0) continue;
+      const auto& [index, value] = local[static_cast<size_t>(t)];
+      const int64_t k = index.size(0), rows = sparse_[static_cast<size_t>(t)].param.size(0), dim = value.size(1);
+      if (q.densify) {
+        if (k == 0) continue;
+        auto table = sums.narrow(0, q.table_at, rows * (dim + 1)).view({rows, dim + 1});
+        table.narrow(1, 0, dim).index_add_(0, index, value);
+        table.select(1, dim).index_add_(0, index, torch::ones({k}, value.options()));
+        continue;
+      }
+      (q.int_rows ? int_slots : slots)[rank].narrow(0, q.rows_at, k).copy_(index);
+      slots[rank].narrow(0, q.values_at, k * dim).copy_(value.reshape({-1}));
+    }
+    group_->all_reduce_sum(buffer, "all-reduce of the sparse gradients");
+    if (int_slot > 0) group_->all_reduce_sum(int_slots, "all-reduce of the sparse gradients' rows");
+
+    for (int64_t t = 0; t < tables; ++t) {
+      const auto& q = place[static_cast<size_t>(t)];
+      auto& sp = sparse_[static_cast<size_t>(t)];
+      if (q.total == 0) {
+        if (sp.param.grad().defined()) sp.param.mutable_grad().reset();
+        continue;
+      }
+      const int64_t rows = sp.param.size(0), dim = sp.param.size(1);
+      const auto sparse_options = sp.param.options().layout(torch::kSparse).requires_grad(false);
+      if (q.densify) {
+        const auto table = sums.narrow(0, q.table_at, rows * (dim + 1)).view({rows, dim + 1});
+        const auto touched = table.select(1, dim).nonzero().select(1, 0);
+        sp.param.mutable_grad() = torch::sparse_coo_tensor(touched.unsqueeze(0),
+                                                           table.narrow(1, 0, dim).index_select(0, touched),
+                                                           sp.param.sizes(), sparse_options)
+                                      ._coalesced_(true);
+        continue;
+      }
+      std::vector<torch::Tensor> row_parts, value_parts;
+      for (int64_t r = 0; r < world; ++r) {
+        const int64_t k = c[r * tables + t];
+        row_parts.push_back((q.int_rows ? int_slots : slots)[r].narrow(0, q.rows_at, k));
+        value_parts.push_back(slots[r].narrow(0, q.values_at, k * dim).view({k, dim}));
+      }
+      sp.param.mutable_grad() = torch::sparse_coo_tensor(torch::cat(row_parts).to(torch::kInt64).unsqueeze(0),
+                                                         torch::cat(value_parts), sp.param.sizes(), sparse_options);
+    }
   }
 
-  // Every rank's rows of `t` (counts[r] each, at most `most`), in rank order.
-  torch::Tensor gather_rows(const torch::Tensor& t, const std::vector<int64_t>& counts, int64_t most,
-                            const std::string& what) {
-    auto shape = t.sizes().vec();
-    shape[0] = most;
-    auto padded = torch::zeros(shape, t.options());
-    if (t.size(0) > 0) padded.narrow(0, 0, t.size(0)).copy_(t);
-    const auto parts = group_->all_gather(padded, what);
-    std::vector<torch::Tensor> rows;
-    for (size_t r = 0; r < parts.size(); ++r) rows.push_back(parts[r].narrow(0, 0, counts[r]));
-    return torch::cat(rows);
-  }
-
-  void average_buffers() {
-    std::vector<torch::Tensor> buffers;
-    for (auto& b : module_.buffers())
-      if (b.is_floating_point() && b.numel() > 0) buffers.push_back(b);
-    if (buffers.empty() || group_->world_size() == 1) return;
+  void average_buffers(std::vector<torch::Tensor>& buffers) {
     torch::NoGradGuard no_grad;
     std::vector<torch::Tensor> flat_parts;
     for (const auto& b : buffers) flat_parts.push_back(b.reshape({-1}).to(torch::kFloat64));
@@ -473,6 +597,8 @@ class DataParallel {
   std::vector<SparseParameter> sparse_;
   std::vector<Bucket> buckets_;
   std::vector<std::pair<torch::Tensor, unsigned>> hooks_;
+  std::vector<torch::Tensor> shared_buffers_, separate_buffers_;
+  int64_t buffers_at_ = 0;  // where shared_buffers_ start in the first bucket
   size_t next_bucket_ = 0;
   double share_ = 1;
   bool armed_ = false;

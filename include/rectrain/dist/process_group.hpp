@@ -255,10 +255,22 @@ class ProcessGroup {
   }
 
   /// Every rank's `tensor` (same shape and type on every rank), in rank
-  /// order.
+  /// order. On Gloo, an all-reduce of a buffer in which each rank fills
+  /// its own slot: Gloo's all-gather in LibTorch 1.13 ran 5 to 13 times
+  /// slower than that all-reduce of twice the bytes (2 ranks on loopback,
+  /// 0.4 to 20 MB a rank). Exact for integers and finite floats (a -0.0
+  /// comes back as +0.0).
   std::vector<torch::Tensor> all_gather(const torch::Tensor& tensor, const std::string& what = "all-gather") {
     auto input = tensor.contiguous();
     check_tensor(input, what);
+    if (backend_ == DistributedBackend::Gloo) {
+      auto shape = input.sizes().vec();
+      shape.insert(shape.begin(), world_size());
+      auto slots = torch::zeros(shape, input.options());
+      slots[rank()].copy_(input);
+      all_reduce_sum(slots, what);
+      return slots.unbind(0);
+    }
     std::vector<std::vector<torch::Tensor>> outputs(1);
     for (int64_t r = 0; r < world_size(); ++r) outputs[0].push_back(torch::empty_like(input));
     std::vector<torch::Tensor> inputs{input};
