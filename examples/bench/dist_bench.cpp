@@ -3,11 +3,13 @@
 // threads against N ranks of T/N threads each (Gloo on CPU, NCCL on CUDA),
 // both taking the same global batch (--model-groups groups of 20 a step,
 // split between the ranks), with the tables frozen and unfrozen (sparse
-// gradients, SparseAdam over every row: rectrain-vk's default). Per step:
+// gradients, SparseAdam over every row, rectrain-vk's default, or lazily
+// over the rows a step used: --table-update lazy). Per step:
 // the bytes each rank sent into the exchange (payload, by kind) and the
 // share of the step spent in synchronize_gradients (waiting for what the
 // hooks started during backward, then the sparse tables and buffers).
 //   dist_bench [--model-groups 1024] [--threads T] [--nproc 2] [--runs 10] [--scale 1.0] [--device cpu|cuda]
+//              [--table-update all|lazy] [--no-overlap]
 
 #include "machine.hpp"
 #include "programs.hpp"
@@ -34,6 +36,7 @@ struct DistBenchSettings {
   double scale = 1.0;
   std::string device = "cpu";
   bool overlap = true;
+  std::string table_update = "all";
 };
 
 struct StepFigures {
@@ -68,7 +71,9 @@ StepFigures time_steps(const DistBenchSettings& s, bool frozen, torch::Device de
       (item.key().find("features") != std::string::npos ? sparse_params : dense_params).push_back(item.value());
   torch::optim::Adam adam(dense_params, torch::optim::AdamOptions(1e-3));
   std::unique_ptr<SparseAdam> tables;
-  if (!sparse_params.empty()) tables = std::make_unique<SparseAdam>(sparse_params, torch::optim::AdamOptions(1e-3));
+  if (!sparse_params.empty())
+    tables = std::make_unique<SparseAdam>(sparse_params, torch::optim::AdamOptions(1e-3),
+                                          s.table_update == "lazy" ? SparseAdamRows::Touched : SparseAdamRows::All);
   std::unique_ptr<DataParallel> parallel;
   if (group) parallel = std::make_unique<DataParallel>(*ranker, group, DataParallelOptions().overlap(s.overlap));
   torch::manual_seed(100 + static_cast<uint64_t>(rank));  // each rank its own rows
@@ -155,6 +160,8 @@ int dist_bench_main(int argc, char** argv) {
   app.add_option("--runs", s.runs, "Timed steps (median)")->capture_default_str();
   app.add_option("--scale", s.scale, "Embedding table sizes relative to the challenge's")->capture_default_str();
   app.add_option("--device", s.device, "cpu or cuda")->capture_default_str();
+  app.add_option("--table-update", s.table_update, "SparseAdam over every row (all) or the rows a step used (lazy)")
+      ->check(CLI::IsMember({"all", "lazy"}))->capture_default_str();
   app.add_flag("!--no-overlap", s.overlap, "Start no all-reduce during backward (all after it)");
   app.add_flag("--rank-part", rank_part, "(internal) run as one rank of the data-parallel half");
   CLI11_PARSE(app, argc, argv);
@@ -176,10 +183,11 @@ int dist_bench_main(int argc, char** argv) {
                 rectrain::reuse_freed_memory() ? "yes" : "no");
     const auto shape = bench::ModelShape::at_scale(s.scale);
     std::printf("\n## recipe Ranker: %lld users, %lld items, %lld sources; %lld groups x 20 = %lld rows a step over all "
-                "ranks; tables frozen, or unfrozen with sparse gradients (SparseAdam, every row); %s\n",
+                "ranks; tables frozen, or unfrozen with sparse gradients (SparseAdam, %s); %s\n",
                 static_cast<long long>(shape.users), static_cast<long long>(shape.items),
                 static_cast<long long>(shape.sources), static_cast<long long>(s.groups),
-                static_cast<long long>(s.groups * 20), s.device.c_str());
+                static_cast<long long>(s.groups * 20), s.table_update == "lazy" ? "the rows a step used" : "every row",
+                s.device.c_str());
     std::printf("%-24s %-10s %10s %12s %12s %10s %10s %8s  %s\n", "setup", "tables", "ms/step", "rows/s",
                 "MB sent/step", "dense MB", "sparse MB", "in sync", "sparse tables");
     const torch::Device device(s.device);

@@ -17,8 +17,8 @@
 //    (row, values) pairs gathered from every rank, all tables in one
 //    buffer, or densified and all-reduced when that moves fewer bytes
 //    (chosen per table and step; stats() counts which); the result keeps
-//    every rank's rows, so SparseAdam sums repeats exactly as one process
-//    would;
+//    every rank's rows (each rank's repeats summed first), so SparseAdam
+//    sees one process's gradient up to float rounding;
 //  - floating buffers (BatchNorm's running statistics) are averaged.
 //
 // A parameter no rank gave a gradient keeps none (an optimizer skips it,
@@ -439,8 +439,12 @@ class DataParallel {
     const auto grad = s.param.grad();
     torch::Tensor index, values;
     if (grad.defined() && grad.is_sparse()) {
-      index = grad._indices()[0];
-      values = grad._values();
+      // An embedding's gradient holds a row per lookup: a user's row once
+      // for each of the G rows of its group. Summed here, each row travels
+      // once (the recipe's user table: 20 times fewer bytes).
+      const auto coalesced = grad.is_coalesced() ? grad : grad.coalesce();
+      index = coalesced._indices()[0];
+      values = coalesced._values();
     } else if (grad.defined()) {  // a dense gradient of a table: every row
       index = torch::arange(rows, torch::TensorOptions(torch::kInt64).device(s.param.device()));
       values = grad;
