@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # The GPU check, in one run of under 8 minutes: on a machine with CUDA and
 # PyTorch's LibTorch, builds this tree against that LibTorch and runs
-#   1. the [cuda] tests,
-#   2. als_bench (TensorOps backend) and model_bench on cuda,
+#   1. the [cuda] tests (two ranks on CUDA tensors among them: Gloo on one
+#      GPU, NCCL with two),
+#   2. als_bench (TensorOps backend), model_bench and, with two GPUs,
+#      dist_bench (NCCL) on cuda,
 #   3. a short `rectrain-vk train --device cuda` on a 0.05-scale synthetic set.
 # Eigen, Catch2 and CLI11 need not be installed there: their headers and
 # CMake files are taken from .deps/ (ignored by git), which
@@ -43,15 +45,21 @@ fi
 say "test-cuda: $(nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null | head -1)"
 say "test-cuda: PyTorch $(python3 -c 'import torch; print(torch.__version__, "CUDA", torch.version.cuda)'), CPU $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2)"
 
+# PyTorch's wheels keep nccl.h in the nvidia-nccl package, off LibTorch's
+# include path: rectrain/dist finds NCCL (and its CMake check passes) with it.
+nccl_include=$(python3 -c 'import nvidia.nccl, os; print(os.path.join(list(nvidia.nccl.__path__)[0], "include"))' 2>/dev/null || true)
+extra_flags=""
+if [ -n "$nccl_include" ] && [ -f "$nccl_include/nccl.h" ]; then extra_flags="-isystem $nccl_include"; fi
 prefix="$torch_prefix"
 if [ -d "$deps" ]; then prefix="$prefix;$deps"; fi
 # File by file (no unity build): the machine has many cores for one unit each.
 cmake -S . -B build-cuda -DCMAKE_BUILD_TYPE=Release -DCMAKE_PREFIX_PATH="$prefix" \
   -DRECTRAIN_BUILD_TESTS=ON -DRECTRAIN_BUILD_EXAMPLES=ON -DRECTRAIN_UNITY_BUILD=OFF -DRECTRAIN_NATIVE_ARCH=OFF ${CMAKE_GENERATOR:+-G "$CMAKE_GENERATOR"} \
+  ${extra_flags:+"-DCMAKE_CXX_FLAGS=$extra_flags"} \
   >build-cuda.log 2>&1 || { tail -40 build-cuda.log; exit 1; }
 cmake --build build-cuda -j "$(nproc)" --target rectrain_tests rectrain-vk rectrain-bench >>build-cuda.log 2>&1 ||
   { grep -E 'error|Error' build-cuda.log | head -40; exit 1; }
-say "test-cuda: built in $(elapsed) s"
+say "test-cuda: built in $(elapsed) s; $(grep -m1 'distributed backends' build-cuda.log || echo 'distributed backends: not reported')"
 
 bin=build-cuda/examples
 status=0
@@ -81,6 +89,13 @@ for f in 64 256; do
       --confidence $c --backend tensor --device cuda | grep -E 'device|factors|seconds_per|loss' || status=1
   done
 done
+gpus=$(python3 -c 'import torch; print(torch.cuda.device_count())')
+if [ "$gpus" -ge 2 ]; then
+  say "== dist_bench on cuda (NCCL, 2 ranks)"
+  run_logged timeout 240 "$bin/bench/dist_bench" --device cuda --nproc 2 --threads 4 --runs 5 | grep -vE '^#' || status=1
+else
+  say "== dist_bench on cuda skipped: $gpus GPU (NCCL needs one per rank)"
+fi
 say "== model_bench on cuda"
 run_logged timeout 180 "$bin/bench/model_bench" --part all --device cuda --runs 5 | grep -vE '^#' || status=1
 say "== rectrain-vk train on cuda (0.05 scale, one frozen and one unfrozen epoch)"

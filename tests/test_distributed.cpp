@@ -164,9 +164,24 @@ double largest_relative_difference(torch::nn::Module& m, const std::string& path
     archive.read(p.key(), other);
     const auto ref = p.value().detach();
     worst = std::max(worst, ((other - ref).norm() / ref.norm()).item<double>());
-    if (std::getenv("TOY_DEBUG")) std::printf("%s max abs diff %g, max abs %g, rel %g\n", p.key().c_str(), (other - ref).abs().max().item<double>(), ref.abs().max().item<double>(), ((other - ref).norm() / ref.norm()).item<double>());
   }
   return worst;
+}
+
+/// Two ranks of the toy model's worker with `env`; each rank's parameters
+/// must be `one`'s (one process trained on the union of their batches).
+void train_two_ranks_like(torch::nn::Module& one, const TempDir& dir, const std::vector<std::string>& env) {
+  auto launcher = start_ranks("dist worker: train the toy model", 2, dir, env);
+  const auto& ranks = launcher->wait(180);
+  for (const auto& r : ranks) {
+    INFO(rank_log(dir, static_cast<int>(r.rank)));
+    REQUIRE(r.succeeded());
+  }
+  for (int r = 0; r < 2; ++r) {
+    const double diff = largest_relative_difference(one, dir.file("params" + std::to_string(r) + ".pt"));
+    INFO("rank " << r << ": largest relative difference (2-norm) " << diff);
+    CHECK(diff < 1e-5);
+  }
 }
 
 /// A random user x item matrix with counts, some users and items empty.
@@ -311,11 +326,20 @@ TEST_CASE("DistributedOptions from torchrun's environment variables", "[dist]") 
 TEST_CASE("dist worker: train the toy model", "[.][dist-worker]") {
   torch::set_num_threads(1);
   const std::string dir = env_or("RECTRAIN_TEST_DIR", ".");
-  const auto options = DistributedOptions::from_environment();
-  auto group = ProcessGroup::create(options);
+  auto options = DistributedOptions::from_environment();
+  // TOY_DEVICE=cuda: the model on the GPU; TOY_BACKEND=gloo (Gloo moves
+  // CUDA tensors through the host, so two ranks can share one GPU) or nccl
+  // (a GPU per rank).
+  const torch::Device device = env_or("TOY_DEVICE", "cpu") == "cuda"
+                                   ? torch::Device(torch::kCUDA, static_cast<c10::DeviceIndex>(
+                                                                     env_or("TOY_BACKEND", "gloo") == "nccl" ? options.local_rank() : 0))
+                                   : torch::Device(torch::kCPU);
+  options.backend(env_or("TOY_BACKEND", "gloo") == "nccl" ? DistributedBackend::Nccl : DistributedBackend::Gloo);
+  auto group = ProcessGroup::create(options, device);
   const auto d = toy_data(std::stoll(env_or("TOY_USERS", "60")));
   // Each rank starts from other weights: the broadcast must make them equal.
   ToyTraining t(d, 4, 100 + static_cast<uint64_t>(options.rank()));
+  t.model->to(device);
   ShardedSampler sharded(t.sampler, group->rank(), group->world_size());
   const auto exchange = env_or("TOY_EXCHANGE", "auto");
   DataParallel parallel(*t.model, group,
@@ -325,7 +349,7 @@ TEST_CASE("dist worker: train the toy model", "[.][dist-worker]") {
                             .sparse_exchange(exchange == "gather"  ? SparseExchange::Gather
                                              : exchange == "dense" ? SparseExchange::Dense
                                                                    : SparseExchange::Auto));
-  BatchPipeline pipeline(toy_spec(d), sharded, BatchPipelineOptions().workers(0));
+  BatchPipeline pipeline(toy_spec(d), sharded, BatchPipelineOptions().workers(0).device(device));
   TrainEpochOptions epoch_options;
   const int64_t die_at = std::stoll(env_or("TOY_DIE_AT", "-1"));
   const int64_t hang_at = std::stoll(env_or("TOY_HANG_AT", "-1"));
@@ -338,6 +362,7 @@ TEST_CASE("dist worker: train the toy model", "[.][dist-worker]") {
   epoch_options = parallel.attach(epoch_options, sharded);
   const int64_t epochs = std::stoll(env_or("TOY_EPOCHS", "2"));
   for (int64_t e = 0; e < epochs; ++e) train_epoch(t.model, {&t.tables, &t.dense}, pipeline, e, epoch_options);
+  t.model->to(torch::kCPU);
   save_parameters(*t.model, dir + "/params" + std::to_string(options.rank()) + ".pt");
   const auto& s = parallel.stats();
   std::ofstream(dir + "/stats" + std::to_string(options.rank()) + ".txt")
@@ -359,18 +384,7 @@ TEST_CASE("DataParallel: two ranks train as one process on the union of their ba
            {"1", "gather"}, {"0", "dense"}, {"1", "auto"}}) {
     INFO("overlap " << overlap << ", sparse exchange " << exchange);
     TempDir dir;
-    auto launcher = start_ranks("dist worker: train the toy model", 2, dir,
-                                {"TOY_OVERLAP=" + overlap, "TOY_EXCHANGE=" + exchange});
-    const auto& ranks = launcher->wait(120);
-    for (const auto& r : ranks) {
-      INFO(rank_log(dir, static_cast<int>(r.rank)));
-      REQUIRE(r.succeeded());
-    }
-    for (int r = 0; r < 2; ++r) {
-      const double diff = largest_relative_difference(*one.model, dir.file("params" + std::to_string(r) + ".pt"));
-      INFO("rank " << r << ": largest relative difference " << diff);
-      CHECK(diff < 1e-5);
-    }
+    train_two_ranks_like(*one.model, dir, {"TOY_OVERLAP=" + overlap, "TOY_EXCHANGE=" + exchange});
     std::istringstream stats(read_file(dir.file("stats0.txt")));
     int64_t steps = 0, gathered = 0, densified = 0;
     double dense_bytes = 0;
@@ -515,4 +529,25 @@ TEST_CASE("rectrain-vk train --nproc 2: outputs from rank 0, a killed rank stops
   INFO(differ);
   CHECK_THAT(differ, Catch::Contains("the ranks disagree on the settings") && Catch::Contains("hidden=32,16") &&
                          Catch::Contains("hidden=8"));
+}
+
+TEST_CASE("DataParallel on CUDA: two ranks train as one process on the union of their batches", "[dist][cuda]") {
+  if (!torch::cuda::is_available()) return;
+  const auto d = toy_data();
+  ToyTraining one(d, 8, 100);
+  one.model->to(torch::kCUDA);
+  BatchPipeline pipeline(toy_spec(d), one.sampler, BatchPipelineOptions().workers(0).device(torch::kCUDA));
+  for (int64_t e = 0; e < 2; ++e) train_epoch(one.model, {&one.tables, &one.dense}, pipeline, e);
+  one.model->to(torch::kCPU);
+  // Gloo with CUDA tensors (one GPU shared); NCCL needs a GPU per rank.
+  std::vector<std::string> backends;
+  if (distributed_backend_available(DistributedBackend::Gloo)) backends.push_back("gloo");
+  if (distributed_backend_available(DistributedBackend::Nccl) && torch::cuda::device_count() >= 2)
+    backends.push_back("nccl");
+  if (backends.empty()) WARN("two-rank CUDA test skipped: no Gloo, and no NCCL with two GPUs");
+  for (const auto& backend : backends) {
+    INFO("backend " << backend);
+    TempDir dir;
+    train_two_ranks_like(*one.model, dir, {"TOY_DEVICE=cuda", "TOY_BACKEND=" + backend});
+  }
 }
