@@ -64,10 +64,15 @@ struct ToyModelImpl : torch::nn::Module {
       : user(register_module("user", CategoricalFeature(CategoricalFeatureOptions(d.users, 8).sparse(true).init_std(0.3)))),
         item(register_module("item", CategoricalFeature(CategoricalFeatureOptions(d.items, 8).init_std(0.3)))),
         mix(register_module("mix", torch::nn::Linear(8, 1))),
-        log_weight(register_parameter("log_weight", torch::zeros({1}))) {}
+        log_weight(register_parameter("log_weight", torch::zeros({1}))),
+        score_mean(register_buffer("score_mean", torch::zeros({1}))) {}
   torch::OrderedDict<std::string, torch::Tensor> forward(const Batch& b) {
     torch::OrderedDict<std::string, torch::Tensor> out;
     out.insert("score", mix(user(b.feature("user")) * item(b.feature("item"))).squeeze(-1));
+    if (is_training()) {  // a running statistic, as BatchNorm keeps: each rank sees other rows
+      torch::NoGradGuard no_grad;
+      score_mean.mul_(0.9).add_(0.1 * out["score"].mean());
+    }
     return out;
   }
   LossTerms loss_terms(const torch::OrderedDict<std::string, torch::Tensor>& p, const Batch& b) {
@@ -79,7 +84,7 @@ struct ToyModelImpl : torch::nn::Module {
   }
   CategoricalFeature user, item;
   torch::nn::Linear mix;
-  torch::Tensor log_weight;
+  torch::Tensor log_weight, score_mean;
 };
 TORCH_MODULE(ToyModel);
 
@@ -150,7 +155,17 @@ bool have_gloo() {
 void save_parameters(torch::nn::Module& m, const std::string& path) {
   torch::serialize::OutputArchive archive;
   for (const auto& p : m.named_parameters()) archive.write(p.key(), p.value().detach());
+  for (const auto& b : m.named_buffers()) archive.write(b.key(), b.value(), /*is_buffer=*/true);
   archive.save_to(path);
+}
+
+/// The buffer `name` saved by save_parameters.
+torch::Tensor saved_buffer(const std::string& path, const std::string& name) {
+  torch::serialize::InputArchive archive;
+  archive.load_from(path);
+  torch::Tensor t;
+  archive.read(name, t, /*is_buffer=*/true);
+  return t;
 }
 
 /// The largest ||a - b|| / ||b|| (2-norms) over `m`'s parameters (b)
@@ -182,6 +197,11 @@ void train_two_ranks_like(torch::nn::Module& one, const TempDir& dir, const std:
     INFO("rank " << r << ": largest relative difference (2-norm) " << diff);
     CHECK(diff < 1e-5);
   }
+  // The running statistic is averaged every step: the same on both ranks,
+  // though each saw other rows.
+  const auto mean0 = saved_buffer(dir.file("params0.pt"), "score_mean");
+  CHECK(torch::equal(mean0, saved_buffer(dir.file("params1.pt"), "score_mean")));
+  CHECK(mean0.abs().item<float>() > 0);
 }
 
 /// A random user x item matrix with counts, some users and items empty.

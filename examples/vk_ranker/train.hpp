@@ -200,8 +200,15 @@ inline std::pair<torch::Tensor, rectrain::ScoreScale> train_seed(
             if (run.group) torch::manual_seed(stream_seed(seed, static_cast<uint64_t>(1 + rank), static_cast<uint64_t>(epoch)));
           })
           .measure([&](EpochRecord& r) {
-            measure_matmul_rates(r, model, cfg.batch_groups * cfg.group_size, device,
+            // This rank's model rate on its own batches; then the rows of
+            // every rank, so the record's rows/s is the run's.
+            measure_matmul_rates(r, model, sampler.options().batch_size() * cfg.group_size, device,
                                  cfg.bf16 ? torch::kBFloat16 : torch::kFloat);
+            if (run.group) {
+              auto rows = torch::tensor({static_cast<double>(r.stats.rows)}, torch::kFloat64).to(run.group->device());
+              run.group->all_reduce_sum(rows, "all-reduce of the epoch's rows");
+              r.stats.rows = static_cast<int64_t>(rows.item<double>());
+            }
           })
           .validate([&] { return gauc(split.valid_users, split.valid_targets, valid_scores()); })
           .on_epoch([&](const EpochRecord& r) {
