@@ -22,6 +22,18 @@ function(rectrain_detect_distributed)
     set(torch_definitions "")
   endif()
   get_target_property(torch_includes torch INTERFACE_INCLUDE_DIRECTORIES)
+  # The library file itself: try_compile does not bring in the targets that
+  # LibTorch's targets link (torch_cpu_library in LibTorch 2.x).
+  set(torch_cpu_file "")
+  if(TARGET torch_cpu)
+    foreach(property IMPORTED_LOCATION IMPORTED_LOCATION_RELEASE IMPORTED_LOCATION_RELWITHDEBINFO
+                     IMPORTED_LOCATION_MINSIZEREL IMPORTED_LOCATION_DEBUG IMPORTED_LOCATION_NOCONFIG)
+      get_target_property(location torch_cpu ${property})
+      if(location AND NOT torch_cpu_file)
+        set(torch_cpu_file "${location}")
+      endif()
+    endforeach()
+  endif()
   set(notes "")
   foreach(backend GLOO NCCL)
     set(found OFF)
@@ -34,14 +46,19 @@ function(rectrain_detect_distributed)
       cmake_push_check_state(RESET)
       set(CMAKE_REQUIRED_QUIET ON)
       set(CMAKE_REQUIRED_INCLUDES ${torch_includes})
-      set(CMAKE_REQUIRED_LIBRARIES torch)
-      if(backend STREQUAL "GLOO")
+      if(backend STREQUAL "GLOO" AND torch_cpu_file)
+        set(CMAKE_REQUIRED_LIBRARIES "${torch_cpu_file}")
         check_cxx_source_compiles("
           #include <gloo/config.h>
           #include <string>
           namespace c10d { struct ProcessGroupGloo { static int createDeviceForHostname(const std::string&); }; }
           int main() { return &c10d::ProcessGroupGloo::createDeviceForHostname != nullptr ? 0 : 1; }"
           rectrain_links_gloo)
+        set(found ${rectrain_links_gloo})
+      elseif(backend STREQUAL "GLOO")  # no library file to check: the header decides
+        check_cxx_source_compiles("
+          #include <gloo/config.h>
+          int main() { return 0; }" rectrain_links_gloo)
         set(found ${rectrain_links_gloo})
       else()
         check_cxx_source_compiles("

@@ -109,7 +109,12 @@ class DataParallel {
   DataParallel(const DataParallel&) = delete;
   DataParallel& operator=(const DataParallel&) = delete;
   ~DataParallel() {
-    for (auto& h : hooks_) h.first.remove_hook(h.second);
+    for (auto& h : hooks_) {
+      try {
+        h.first.remove_hook(h.second);
+      } catch (...) {  // a destructor must not throw; the hook is inert once disarmed
+      }
+    }
   }
 
   ProcessGroup& group() { return *group_; }
@@ -127,7 +132,7 @@ class DataParallel {
   /// gradient's weight in the sum; <= 0: 1 / world_size), and, with
   /// overlap, arms the gradient hooks that start buckets during backward.
   void begin_step(double share = 0) {
-    if (armed_) throw DistributedError("DataParallel: begin_step twice without synchronize_gradients in between");
+    if (stepping_) throw DistributedError("DataParallel: begin_step twice without synchronize_gradients in between");
     share_ = share > 0 ? share : 1.0 / static_cast<double>(group_->world_size());
     for (auto& d : dense_) d.filled = false;
     for (auto& b : buckets_) {
@@ -319,10 +324,10 @@ class DataParallel {
       auto& p = dense_[i].param;
       // A frozen parameter may be unfrozen later (PhaseSchedule): the hook
       // is on it from the start and fires once it has gradients.
-      const bool requires = p.requires_grad();
-      if (!requires) p.set_requires_grad(true);
+      const bool trainable = p.requires_grad();
+      if (!trainable) p.set_requires_grad(true);
       const auto handle = p.register_hook([this, i](const torch::Tensor& grad) { on_gradient(i, grad); });
-      if (!requires) p.set_requires_grad(false);
+      if (!trainable) p.set_requires_grad(false);
       hooks_.emplace_back(p, handle);
     }
   }

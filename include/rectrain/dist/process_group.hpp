@@ -27,8 +27,11 @@
 #if !__has_include(<torch/csrc/distributed/c10d/TCPStore.hpp>)
 #error "rectrain/dist: this LibTorch has no c10d headers (torch/csrc/distributed/c10d); it was built without USE_DISTRIBUTED, and rectrain's data-parallel training needs them"
 #endif
+#include <torch/csrc/distributed/c10d/Backend.hpp>
+#include <torch/csrc/distributed/c10d/ProcessGroup.hpp>
 #include <torch/csrc/distributed/c10d/TCPStore.hpp>
 #include <torch/csrc/distributed/c10d/Types.hpp>
+#include <torch/csrc/distributed/c10d/Work.hpp>
 
 #if defined(USE_C10D_GLOO) && !defined(RECTRAIN_NO_GLOO) && __has_include(<gloo/config.h>)
 #define RECTRAIN_HAS_GLOO 1
