@@ -27,11 +27,8 @@
 #if !__has_include(<torch/csrc/distributed/c10d/TCPStore.hpp>)
 #error "rectrain/dist: this LibTorch has no c10d headers (torch/csrc/distributed/c10d); it was built without USE_DISTRIBUTED, and rectrain's data-parallel training needs them"
 #endif
-#include <torch/csrc/distributed/c10d/Backend.hpp>
-#include <torch/csrc/distributed/c10d/ProcessGroup.hpp>
-#include <torch/csrc/distributed/c10d/TCPStore.hpp>
+#include <rectrain/core/compat_c10d.hpp>
 #include <torch/csrc/distributed/c10d/Types.hpp>
-#include <torch/csrc/distributed/c10d/Work.hpp>
 
 #if defined(USE_C10D_GLOO) && !defined(RECTRAIN_NO_GLOO) && __has_include(<gloo/config.h>)
 #define RECTRAIN_HAS_GLOO 1
@@ -153,15 +150,6 @@ struct DistributedOptions {
 
 namespace detail {
 
-// c10d's collectives moved from ProcessGroup to Backend in LibTorch 2.0;
-// the backends (ProcessGroupGloo, ProcessGroupNCCL) derive from that class.
-#if RECTRAIN_TORCH_AT_LEAST(2, 0)
-using C10dBackend = c10d::Backend;
-#else
-using C10dBackend = c10d::ProcessGroup;
-#endif
-using C10dWork = c10::intrusive_ptr<c10d::Work>;
-
 inline bool is_loopback(const std::string& host) {
   return host == "localhost" || host.rfind("127.", 0) == 0 || host == "::1";
 }
@@ -177,12 +165,12 @@ class ProcessGroup {
   class Work {
    public:
     Work() = default;
-    Work(detail::C10dWork work, std::string what) : work_(std::move(work)), what_(std::move(what)) {}
+    Work(compat::C10dWork work, std::string what) : work_(std::move(work)), what_(std::move(what)) {}
     bool pending() const { return static_cast<bool>(work_); }
 
    private:
     friend class ProcessGroup;
-    detail::C10dWork work_;
+    compat::C10dWork work_;
     std::string what_;
   };
 
@@ -337,7 +325,15 @@ class ProcessGroup {
     store_options.waitWorkers = true;
     store_options.timeout = timeout_ms;
     try {
-      store_ = c10::make_intrusive<c10d::TCPStore>(options_.master_addr(), store_options);
+      try {
+        store_ = c10::make_intrusive<c10d::TCPStore>(options_.master_addr(), store_options);
+      } catch (const std::exception& e) {
+        // A LibTorch built without libuv refuses its default store server:
+        // the older one serves the same protocol.
+        if (!compat::uses_libuv(store_options, 0) || std::string(e.what()).find("libuv") == std::string::npos) throw;
+        compat::without_libuv(store_options, 0);
+        store_ = c10::make_intrusive<c10d::TCPStore>(options_.master_addr(), store_options);
+      }
     } catch (const std::exception& e) {
       throw DistributedError(detail::concat(
           describe(), ": no rendezvous at ", options_.master_addr(), ":", options_.master_port(), " within ",
@@ -394,7 +390,7 @@ class ProcessGroup {
   }
 
   template <typename F>
-  detail::C10dWork call(const std::string& what, F&& f) {
+  compat::C10dWork call(const std::string& what, F&& f) {
     try {
       return f();
     } catch (const DistributedError&) {
@@ -438,7 +434,7 @@ class ProcessGroup {
   DistributedBackend backend_;
   torch::Device device_;
   c10::intrusive_ptr<c10d::Store> store_;
-  c10::intrusive_ptr<detail::C10dBackend> backend_impl_;
+  c10::intrusive_ptr<compat::C10dBackend> backend_impl_;
   int64_t store_sequence_ = 0;
 };
 
