@@ -138,7 +138,6 @@ class DataParallel {
     for (auto& b : buckets_) {
       b.waiting = 0;
       b.work = ProcessGroup::Work();
-      b.started = false;
     }
     for (const auto& d : dense_)
       if (d.param.requires_grad()) ++buckets_[d.bucket].waiting;
@@ -158,8 +157,8 @@ class DataParallel {
     const Stopwatch clock;
     // Gradients the hooks did not see (overlap off, frozen-then-unfrozen,
     // unused here): copied now, in bucket order.
-    for (size_t b = 0; b < buckets_.size(); ++b) {
-      if (buckets_[b].started) continue;
+    // Buckets start in order: those from next_bucket_ on have not.
+    for (size_t b = next_bucket_; b < buckets_.size(); ++b) {
       for (const size_t i : buckets_[b].members)
         if (!dense_[i].filled) fill_slot(i, dense_[i].param.grad());
     }
@@ -210,7 +209,6 @@ class DataParallel {
     torch::Tensor flat;  // values, then one flag per member
     std::vector<size_t> members;
     int64_t waiting = 0;
-    bool started = false;
     ProcessGroup::Work work;
   };
 
@@ -415,7 +413,6 @@ class DataParallel {
         for (const size_t i : b.members)
           if (!dense_[i].filled) fill_slot(i, torch::Tensor());
       b.work = group_->start_all_reduce_sum(b.flat, "all-reduce of the gradients");
-      b.started = true;
       stats_.dense_bytes += static_cast<double>((next_bucket_ == 0 && !shared_buffers_.empty() ? buffers_at_ : b.flat.numel()) *
                                                 static_cast<int64_t>(b.flat.element_size()));
       ++next_bucket_;
