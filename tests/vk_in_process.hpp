@@ -25,10 +25,11 @@ struct VkRun {
   std::string output;  ///< its stdout and stderr, interleaved as written
 };
 
-/// Runs `rectrain-vk <args>` in this process; `args` are split at spaces
-/// (test paths have none).
-inline VkRun run_vk(const std::string& args) {
-  std::vector<std::string> words{"rectrain-vk"};
+/// Runs `program(argv)` (a program's main as a function, named `name`) with
+/// `args` in this process, capturing what it writes; `args` are split at
+/// spaces (test paths have none).
+inline VkRun run_in_process(int (*program)(int, char**), const std::string& name, const std::string& args) {
+  std::vector<std::string> words{name};
   std::istringstream in(args);
   for (std::string w; in >> w;) words.push_back(w);
   std::vector<char*> argv;
@@ -51,7 +52,7 @@ inline VkRun run_vk(const std::string& args) {
   ::dup2(::fileno(capture), STDERR_FILENO);
   VkRun run;
   try {
-    run.status = vk::cli_main(static_cast<int>(words.size()), argv.data());
+    run.status = program(static_cast<int>(words.size()), argv.data());
   } catch (const std::exception& e) {
     std::fprintf(stderr, "(escaped cli_main) %s\n", e.what());
   }
@@ -66,6 +67,9 @@ inline VkRun run_vk(const std::string& args) {
   std::fclose(capture);
   return run;
 }
+
+/// Runs `rectrain-vk <args>` in this process.
+inline VkRun run_vk(const std::string& args) { return run_in_process(vk::cli_main, "rectrain-vk", args); }
 
 /// `rectrain-vk --threads 2 <args>` in this process: its output.
 inline std::string vk_out(const std::string& args) { return run_vk("--threads 2 " + args).output; }

@@ -80,3 +80,11 @@
 #include <rectrain/train/sparse_adam.hpp>
 #include <rectrain/train/table_optimizers.hpp>
 #include <rectrain/train/trainer.hpp>
+#include <rectrain/retrieval/augmented_negative.hpp>
+#include <rectrain/retrieval/interactions.hpp>
+#include <rectrain/retrieval/negative_sampler.hpp>
+#include <rectrain/retrieval/retrieval_loss.hpp>
+#include <rectrain/retrieval/retrieval_metrics.hpp>
+#include <rectrain/retrieval/retrieval_model.hpp>
+#include <rectrain/retrieval/retrieval_trainer.hpp>
+#include <rectrain/retrieval/synthetic_interactions.hpp>
