@@ -3,7 +3,7 @@
 # PyTorch's LibTorch, builds this tree against that LibTorch and runs
 #   1. the [cuda] tests (two ranks on CUDA tensors among them: Gloo on one
 #      GPU, NCCL with two),
-#   2. als_bench (TensorOps backend), model_bench and, with two GPUs,
+#   2. als_bench (TensorOps backend), model_bench, retrieval_bench and, with two GPUs,
 #      dist_bench (NCCL) on cuda,
 #   3. a short `rectrain-vk train --device cuda` on a 0.05-scale synthetic set.
 # Eigen, Catch2 and CLI11 need not be installed there: their headers and
@@ -98,6 +98,9 @@ else
 fi
 say "== model_bench on cuda"
 run_logged timeout 180 "$bin/bench/model_bench" --part all --device cuda --runs 5 | grep -vE '^#' || status=1
+say "== retrieval_bench on cuda (1M interactions; evaluation of 100k users x 300k items)"
+run_logged timeout 240 "$bin/bench/retrieval_bench" --device cuda --interactions 1000000 --users 100000 --items 300000 \
+  --steps 30 --threads 4 | grep -vE '^#' || status=1
 say "== rectrain-vk train on cuda (0.05 scale, one frozen and one unfrozen epoch)"
 run_logged timeout 180 "$bin/vk_ranker/rectrain-vk" --threads 4 train --data "$data/d" --out "$data/out" --device cuda \
   --frozen-epochs 1 --unfrozen-epochs 1 --seeds 1 --als-iterations 3 || status=1

@@ -8,3 +8,4 @@ int pipeline_bench_main(int argc, char** argv);
 int als_bench_main(int argc, char** argv);
 int model_bench_main(int argc, char** argv);
 int dist_bench_main(int argc, char** argv);
+int retrieval_bench_main(int argc, char** argv);

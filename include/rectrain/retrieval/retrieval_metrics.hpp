@@ -3,12 +3,13 @@
 // whole catalogue, their training items excluded, and the metrics of those
 // lists against held-out positives.
 //
-// Scores are computed a block of users at a time (one matrix product, then
-// topk), on the factors' device; a block's score matrix is kept under
-// `block_bytes`. Ranking rule, for exact and reproducible lists: higher
-// score first, equal scores by lower item index. topk alone leaves ties in
-// any order, so a tie across the K-th place is settled by a scan of the
-// user's row (rare with real-valued factors; exact either way).
+// Scores are computed a block of users at a time (one matrix product), on
+// the factors' device; a block's score matrix is kept under `block_bytes`.
+// Ranking rule, for exact and reproducible lists: higher score first, equal
+// scores by lower item index. On the CPU one pass over each row keeps the
+// best K in a heap (in index order, so ties resolve by themselves); on other
+// devices topk, which leaves ties in any order, so a tie across the K-th
+// place is settled by a scan of that user's row.
 //
 // Metrics (RecBole's definitions), per user with relevant items R (the
 // user's test items that are not training items), over the top-K list L:
@@ -73,6 +74,15 @@ inline void check_factors(const torch::Tensor& t, const char* name) {
   }
 }
 
+/// Both factor matrices finite, of one width, on one device.
+inline void check_factor_pair(const torch::Tensor& users, const torch::Tensor& items, const char* who) {
+  check_factors(users, concat(who, " user_factors").c_str());
+  check_factors(items, concat(who, " item_factors").c_str());
+  if (users.size(1) != items.size(1) || users.device() != items.device())
+    throw TensorError(concat(who, ": user factors ", users.sizes(), " on ", users.device(), " and item factors ",
+                             items.sizes(), " on ", items.device(), " must have one width and one device"));
+}
+
 /// Calls fn(user, items, n) with the top-`k` list of every user in `users`
 /// (ascending dense indices; n <= k when fewer items are left after the
 /// exclusion), blocks of users at a time; fn is called in parallel.
@@ -90,6 +100,54 @@ void for_each_top_k(const torch::Tensor& user_factors, const torch::Tensor& item
   const int64_t* ex_ptr = exclude ? exclude->indptr.data_ptr<int64_t>() : nullptr;
   const int32_t* ex_idx = exclude ? exclude->indices.data_ptr<int32_t>() : nullptr;
   const double minus_inf = -std::numeric_limits<double>::infinity();
+  if (device.is_cpu()) {
+    // One score buffer for every block (no page faults per block), then one
+    // pass over each row keeping the best kk in a heap: items come in index
+    // order, so an equal score never displaces an earlier item and the
+    // tie rule holds without a second look.
+    const auto factors = user_factors.to(torch::kFloat32);
+    auto buffer = torch::empty({std::min<int64_t>(block, static_cast<int64_t>(users.size())), num_items}, torch::kFloat32);
+    const auto better = [](const std::pair<float, int64_t>& a, const std::pair<float, int64_t>& b) {
+      return a.first > b.first || (a.first == b.first && a.second < b.second);
+    };
+    for (size_t start = 0; start < users.size(); start += static_cast<size_t>(block)) {
+      const int64_t n = std::min<int64_t>(block, static_cast<int64_t>(users.size() - start));
+      const auto rows = torch::from_blob(const_cast<int64_t*>(users.data()) + start, {n}, torch::kInt64);
+      auto scores = buffer.narrow(0, 0, n);
+      at::mm_out(scores, factors.index({rows}), items_t);
+      float* base = scores.data_ptr<float>();
+      at::parallel_for(0, n, 4, [&](int64_t begin, int64_t end) {
+        std::vector<std::pair<float, int64_t>> heap;
+        std::vector<int64_t> items;
+        for (int64_t i = begin; i < end; ++i) {
+          const int64_t u = users[start + static_cast<size_t>(i)];
+          float* row = base + i * num_items;
+          if (exclude)
+            for (int64_t e = ex_ptr[u]; e < ex_ptr[u + 1]; ++e) row[ex_idx[e]] = -std::numeric_limits<float>::infinity();
+          heap.clear();
+          int64_t item = 0;
+          for (; item < num_items && static_cast<int64_t>(heap.size()) < kk; ++item) {
+            heap.emplace_back(row[item], item);
+            std::push_heap(heap.begin(), heap.end(), better);  // the worst on top
+          }
+          float worst = heap.empty() ? 0.0f : heap.front().first;
+          for (; item < num_items; ++item) {
+            if (!(row[item] > worst)) continue;
+            std::pop_heap(heap.begin(), heap.end(), better);
+            heap.back() = {row[item], item};
+            std::push_heap(heap.begin(), heap.end(), better);
+            worst = heap.front().first;
+          }
+          std::sort(heap.begin(), heap.end(), better);
+          items.clear();
+          for (const auto& h : heap)
+            if (std::isfinite(h.first)) items.push_back(h.second);  // excluded items are -inf
+          fn(u, items.data(), static_cast<int64_t>(items.size()));
+        }
+      });
+    }
+    return;
+  }
   for (size_t start = 0; start < users.size(); start += static_cast<size_t>(block)) {
     const int64_t n = std::min<int64_t>(block, static_cast<int64_t>(users.size() - start));
     auto rows = torch::from_blob(const_cast<int64_t*>(users.data()) + start, {n}, torch::kInt64).to(device);
@@ -155,12 +213,7 @@ void for_each_top_k(const torch::Tensor& user_factors, const torch::Tensor& item
 /// `exclude`, e.g. the training positives, left shorter than k).
 inline torch::Tensor retrieve_top_k(const torch::Tensor& user_factors, const torch::Tensor& item_factors, int64_t k,
                                     const CsrMatrix* exclude = nullptr, int64_t block_bytes = int64_t{256} << 20) {
-  detail::check_factors(user_factors, "retrieve_top_k user_factors");
-  detail::check_factors(item_factors, "retrieve_top_k item_factors");
-  if (user_factors.size(1) != item_factors.size(1) || user_factors.device() != item_factors.device())
-    throw TensorError(detail::concat("retrieve_top_k: user factors ", user_factors.sizes(), " on ",
-                                     user_factors.device(), " and item factors ", item_factors.sizes(), " on ",
-                                     item_factors.device(), " must have one width and one device"));
+  detail::check_factor_pair(user_factors, item_factors, "retrieve_top_k");
   if (k < 1) throw Error(detail::concat("retrieve_top_k: k must be >= 1, got ", k));
   if (exclude && (exclude->rows != user_factors.size(0) || exclude->cols != item_factors.size(0)))
     throw TensorError(detail::concat("retrieve_top_k: the excluded matrix is ", exclude->rows, " x ", exclude->cols,
@@ -181,14 +234,9 @@ inline RetrievalMetrics evaluate_retrieval(const torch::Tensor& user_factors, co
                                            const CsrMatrix& train, const CsrMatrix& test,
                                            const RetrievalMetricsOptions& options = {}) {
   Stopwatch clock;
-  detail::check_factors(user_factors, "evaluate_retrieval user_factors");
-  detail::check_factors(item_factors, "evaluate_retrieval item_factors");
+  detail::check_factor_pair(user_factors, item_factors, "evaluate_retrieval");
   detail::check_csr_shape(train, "evaluate_retrieval train");
   detail::check_csr_shape(test, "evaluate_retrieval test");
-  if (user_factors.size(1) != item_factors.size(1) || user_factors.device() != item_factors.device())
-    throw TensorError(detail::concat("evaluate_retrieval: user factors ", user_factors.sizes(), " on ",
-                                     user_factors.device(), " and item factors ", item_factors.sizes(), " on ",
-                                     item_factors.device(), " must have one width and one device"));
   if (train.rows != user_factors.size(0) || test.rows != user_factors.size(0) || train.cols != item_factors.size(0) ||
       test.cols != item_factors.size(0))
     throw TensorError(detail::concat("evaluate_retrieval: train is ", train.rows, " x ", train.cols, " and test ",
