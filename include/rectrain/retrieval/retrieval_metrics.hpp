@@ -91,15 +91,16 @@ void for_each_top_k(const torch::Tensor& user_factors, const torch::Tensor& item
                     const std::vector<int64_t>& users, int64_t k, int64_t block_bytes, Fn&& fn) {
   const int64_t num_items = item_factors.size(0);
   const int64_t kk = std::min(k, num_items);
-  // One more than needed, to see whether a tie crosses the K-th place.
-  const int64_t probe = std::min(kk + 1, num_items);
   const int64_t block =
       std::max<int64_t>(1, block_bytes / std::max<int64_t>(1, num_items * static_cast<int64_t>(sizeof(float))));
   const auto device = user_factors.device();
   const auto items_t = item_factors.to(torch::kFloat32).t().contiguous();
   const int64_t* ex_ptr = exclude ? exclude->indptr.data_ptr<int64_t>() : nullptr;
   const int32_t* ex_idx = exclude ? exclude->indices.data_ptr<int32_t>() : nullptr;
-  const double minus_inf = -std::numeric_limits<double>::infinity();
+  // The ranking rule: higher score first, equal scores by lower index.
+  const auto better = [](const std::pair<float, int64_t>& a, const std::pair<float, int64_t>& b) {
+    return a.first > b.first || (a.first == b.first && a.second < b.second);
+  };
   if (device.is_cpu()) {
     // One score buffer for every block (no page faults per block), then one
     // pass over each row keeping the best kk in a heap: items come in index
@@ -107,9 +108,6 @@ void for_each_top_k(const torch::Tensor& user_factors, const torch::Tensor& item
     // tie rule holds without a second look.
     const auto factors = user_factors.to(torch::kFloat32);
     auto buffer = torch::empty({std::min<int64_t>(block, static_cast<int64_t>(users.size())), num_items}, torch::kFloat32);
-    const auto better = [](const std::pair<float, int64_t>& a, const std::pair<float, int64_t>& b) {
-      return a.first > b.first || (a.first == b.first && a.second < b.second);
-    };
     for (size_t start = 0; start < users.size(); start += static_cast<size_t>(block)) {
       const int64_t n = std::min<int64_t>(block, static_cast<int64_t>(users.size() - start));
       const auto rows = torch::from_blob(const_cast<int64_t*>(users.data()) + start, {n}, torch::kInt64);
@@ -148,6 +146,9 @@ void for_each_top_k(const torch::Tensor& user_factors, const torch::Tensor& item
     }
     return;
   }
+  // One more than needed, to see whether a tie crosses the K-th place.
+  const int64_t probe = std::min(kk + 1, num_items);
+  const double minus_inf = -std::numeric_limits<double>::infinity();
   for (size_t start = 0; start < users.size(); start += static_cast<size_t>(block)) {
     const int64_t n = std::min<int64_t>(block, static_cast<int64_t>(users.size() - start));
     auto rows = torch::from_blob(const_cast<int64_t*>(users.data()) + start, {n}, torch::kInt64).to(device);
@@ -169,7 +170,6 @@ void for_each_top_k(const torch::Tensor& user_factors, const torch::Tensor& item
     const auto top = scores.topk(probe, 1, /*largest=*/true, /*sorted=*/true);
     const auto values = std::get<0>(top).cpu().contiguous();
     const auto indices = std::get<1>(top).cpu().contiguous();
-    const auto host_scores = device.is_cpu() ? scores : torch::Tensor();
     const float* v = values.data_ptr<float>();
     const int64_t* ix = indices.data_ptr<int64_t>();
     // Rows whose K-th score is tied with the next one need their full row.
@@ -196,9 +196,7 @@ void for_each_top_k(const torch::Tensor& user_factors, const torch::Tensor& item
           for (int64_t j = 0; j < kk; ++j)
             if (std::isfinite(vi[j])) list.emplace_back(vi[j], ii[j]);
         }
-        std::sort(list.begin(), list.end(), [](const auto& a, const auto& b) {
-          return a.first > b.first || (a.first == b.first && a.second < b.second);
-        });
+        std::sort(list.begin(), list.end(), better);
         std::vector<int64_t> items(list.size());
         for (size_t j = 0; j < list.size(); ++j) items[j] = list[j].second;
         fn(users[start + static_cast<size_t>(i)], items.data(), static_cast<int64_t>(items.size()));

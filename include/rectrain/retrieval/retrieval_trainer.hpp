@@ -169,7 +169,8 @@ class RetrievalTrainer {
     const auto positive = item_vectors(model_, columns_, items, device);
     auto pos = (user * positive).sum(-1);
     if (temperature != 1.0) pos = pos / temperature;
-    torch::Tensor neg, valid, log_q_neg, log_q_pos, negative_vectors, aux;
+    torch::Tensor neg, valid, log_q_neg, negative_vectors, aux;
+    const torch::Tensor* log_q_table = nullptr;  // every item's log q, for the positive's
     Stopwatch sampling;
     double sampled = 0;
     switch (options_.negatives()) {
@@ -180,7 +181,7 @@ class RetrievalTrainer {
         negative_vectors = item_vectors(model_, columns_, draw.items, device);
         neg = scores_of(user, negative_vectors, temperature);
         log_q_neg = draw.log_q;
-        log_q_pos = static_sampler_->log_q().index({items.cpu()});
+        log_q_table = &static_sampler_->log_q();
         break;
       }
       case NegativeSampling::InBatch: {
@@ -190,7 +191,7 @@ class RetrievalTrainer {
         if (temperature != 1.0) neg = neg / temperature;
         valid = draw.valid.to(device);
         log_q_neg = draw.log_q;
-        log_q_pos = in_batch_->log_q().index({items.cpu()});
+        log_q_table = &in_batch_->log_q();
         break;
       }
       case NegativeSampling::Dynamic: {
@@ -224,8 +225,9 @@ class RetrievalTrainer {
     if (options_.loss() == RetrievalLossKind::Bpr) {
       loss = bpr_loss(pos, neg, valid, w);
     } else {
-      const bool correct = options_.log_q_correction() && log_q_neg.defined();
-      loss = sampled_softmax_loss(pos, neg, valid, correct ? log_q_pos.to(device) : torch::Tensor(),
+      const bool correct = options_.log_q_correction() && log_q_table;
+      loss = sampled_softmax_loss(pos, neg, valid,
+                                  correct ? log_q_table->index({items.cpu()}).to(device) : torch::Tensor(),
                                   correct ? log_q_neg.to(device) : torch::Tensor(),
                                   SampledSoftmaxOptions().temperature(options_.temperature()), w);
     }
