@@ -340,6 +340,67 @@ TEST_CASE("Trainer runs a schedule with validation, records and checkpoints; a c
   CHECK_THROWS_WITH(wrong.resume(), Catch::Contains("no checkpoint path"));
 }
 
+TEST_CASE("Trainer keep_best ends on the best epoch's weights, through a resume; patience stops early",
+          "[train][trainer]") {
+  const auto& ds = synthetic_dataset();
+  torch::set_num_threads(2);
+  TempDir dir;
+  // A scripted validation metric: epoch 1 is the best of three.
+  const std::vector<double> script{0.6, 0.8, 0.7};
+  auto options_for = [&](const std::string& path, std::vector<torch::Tensor>& weights, TrainerParts& p) {
+    return TrainerOptions()
+        .checkpoint_path(path)
+        .keep_best(true)
+        .validate([&script, &p] {
+          // The epoch just trained: train_epoch set the sampler to it.
+          return GroupMetric{script[static_cast<size_t>(p.sampler.epoch())], 10};
+        })
+        .on_epoch([&weights, &p](const EpochRecord&) {
+          weights.push_back(p.model->item_tower->feature<CategoricalFeatureImpl>("item")->weight.detach().clone());
+        });
+  };
+  TrainerParts a(ds);
+  std::vector<torch::Tensor> seen;
+  Trainer<Ranker> straight(a.model, {&a.adam}, a.pipeline, a.schedule(), options_for(dir.file("a.pt"), seen, a));
+  REQUIRE(straight.fit());
+  REQUIRE(seen.size() == 3);
+  CHECK(straight.best_epoch() == 1);
+  CHECK(straight.best_value() == 0.8);
+  CHECK(straight.stopped_after() == -1);
+  const auto& item = a.model->item_tower->feature<CategoricalFeatureImpl>("item")->weight;
+  CHECK(torch::equal(item, seen[1]));
+  CHECK_FALSE(torch::equal(seen[1], seen[2]));
+
+  // Cut after epoch 1 and resumed: the same best weights at the end.
+  {
+    TrainerParts b(ds);
+    std::vector<torch::Tensor> ignored;
+    Trainer<Ranker> cut(b.model, {&b.adam}, b.pipeline, b.schedule(), options_for(dir.file("b.pt"), ignored, b));
+    CHECK_FALSE(cut.fit(2));
+  }
+  TrainerParts c(ds);
+  std::vector<torch::Tensor> ignored;
+  Trainer<Ranker> resumed(c.model, {&c.adam}, c.pipeline, c.schedule(), options_for(dir.file("b.pt"), ignored, c));
+  CHECK(resumed.resume() == 2);
+  CHECK(resumed.best_epoch() == 1);
+  REQUIRE(resumed.fit());
+  CHECK(same_parameters(*c.model, *a.model));
+
+  // Patience 1 with a falling metric: stops after epoch 1 (no better than 0).
+  TrainerParts d(ds);
+  const std::vector<double> falling{0.8, 0.7, 0.9};
+  Trainer<Ranker> patient(d.model, {&d.adam}, d.pipeline, d.schedule(),
+                          TrainerOptions().patience(1).validate([&falling, &d] {
+                            return GroupMetric{falling[static_cast<size_t>(d.sampler.epoch())], 10};
+                          }));
+  REQUIRE(patient.fit());
+  CHECK(patient.epochs_done() == 2);
+  CHECK(patient.stopped_after() == 2);
+  CHECK(patient.best_epoch() == 0);
+  CHECK_THROWS_WITH(Trainer<Ranker>(d.model, {&d.adam}, d.pipeline, d.schedule(), TrainerOptions().keep_best(true)),
+                    Catch::Contains("set validate"));
+}
+
 TEST_CASE("split_holdout refuses a validation set whose GAUC is undefined", "[train]") {
   auto ds = synthetic_dataset();
   ds.interactions.set("like", torch::zeros_like(ds.interactions["like"]));

@@ -86,12 +86,14 @@ inline void print_candidate_gauc(const std::string& what, const rectrain::Datase
 /// Trains (or resumes) one seed's model on `ds` (taken: it shrinks to the
 /// training rows) and returns its candidate scores and score scale; the
 /// scores are undefined when `epoch_budget` (negative: no limit) ran out
-/// first. `data`: the dataset's fingerprint, kept in checkpoint and model;
+/// first. `all_views`, `all_history`: what is known of every loaded
+/// interaction when the candidates are scored. `data`: the dataset's fingerprint, kept in checkpoint and model;
 /// `records`: every seed's epochs so far, rewritten into metrics.jsonl
 /// after each epoch.
 inline std::pair<torch::Tensor, rectrain::ScoreScale> train_seed(
-    rectrain::Dataset ds, const torch::Tensor& all_views, const TrainRun& run, uint64_t seed, const std::string& data,
-    std::vector<rectrain::EpochRecord>& records, int64_t& epoch_budget) {
+    rectrain::Dataset ds, const torch::Tensor& all_views, const std::shared_ptr<const rectrain::ViewHistory>& all_history,
+    const TrainRun& run, uint64_t seed, const std::string& data, std::vector<rectrain::EpochRecord>& records,
+    int64_t& epoch_budget) {
   using namespace rectrain;
   const auto dir = run_directory(run.out);
   RecipeSettings cfg = run.config;
@@ -154,23 +156,31 @@ inline std::pair<torch::Tensor, rectrain::ScoreScale> train_seed(
     if (run.group)
       als.fit([&run](const CsrMatrix& m, const ImplicitAlsOptions& o) { return fit_implicit_als_sharded(m, *run.group, o); });
     initialize_tables_from_als(*model, train, als);
+    if (cfg.history > 0)  // the history's item table starts where the item table does
+      model->user_tower->feature<HistoryFeatureImpl>("history")->set_weight(
+          model->item_tower->feature<CategoricalFeatureImpl>("item")->weight);
     say("seed %llu: ALS init (%lld + %lld factors) in %.1f s\n", seed, cfg.item_factors, cfg.source_factors,
         als_time.seconds());
   }
 
-  std::vector<std::string> table_names{"user", "item"};
-  if (cfg.source_factors > 0) table_names.push_back("source");
-  const auto tables = table_parameter_names(*model, table_names);
+  const auto tables = recipe_table_names(model, cfg);
   TableOptimizers optimizers(*model, tables, torch::optim::AdamOptions(cfg.lr).weight_decay(cfg.weight_decay),
                              parse_table_update(cfg.table_update));
   const auto train_views = item_view_counts(train);
-  BatchPipeline pipeline(with_recipe_columns(standard_batch_spec(train), cfg, train_views, train.interactions["item"]),
-                         batches, BatchPipelineOptions().device(device).workers(run.workers));
+  // Training rows see the views before them; held-out rows, all training views.
+  const auto history = cfg.uses_history()
+      ? std::make_shared<const ViewHistory>(train, history_options(cfg))
+      : nullptr;
+  BatchPipeline pipeline(
+      with_history_columns(with_recipe_columns(standard_batch_spec(train), cfg, train_views, train.interactions["item"]),
+                           cfg, history, train.interactions["user"], train.interactions["item"], HistoryTime::Row),
+      batches, BatchPipelineOptions().device(device).workers(run.workers));
   ScoreOptions scoring;
   scoring.device(device);
   if (cfg.bf16) scoring.autocast(at::kBFloat16);
-  const auto valid_spec =
-      with_recipe_columns(standard_batch_spec(split.valid), cfg, train_views, split.valid.interactions["item"]);
+  const auto valid_spec = with_history_columns(
+      with_recipe_columns(standard_batch_spec(split.valid), cfg, train_views, split.valid.interactions["item"]), cfg,
+      history, split.valid.interactions["user"], split.valid.interactions["item"], HistoryTime::All);
   // Each rank scores its share of the validation groups; every rank gets
   // all the scores, so GAUC is over all held-out users everywhere.
   const auto valid_scores = [&] {
@@ -194,6 +204,8 @@ inline std::pair<torch::Tensor, rectrain::ScoreScale> train_seed(
       PhaseSchedule(cfg.frozen_epochs, cfg.unfrozen_epochs, cfg.freeze ? tables : std::vector<std::string>{}),
       TrainerOptions().seed(seed).epoch_options(epoch_options).checkpoint_path(run.lead() ? checkpoint : "")
           .progress_line(run.lead())
+          .keep_best(cfg.keep_best)
+          .patience(cfg.patience)
           .on_epoch_start([&run, seed, rank](int64_t epoch) {
             // Each rank its own dropout stream, fixed by (seed, rank, epoch):
             // a resumed rank draws what it would have drawn.
@@ -224,14 +236,20 @@ inline std::pair<torch::Tensor, rectrain::ScoreScale> train_seed(
   const bool done = trainer.fit(epoch_budget);
   if (epoch_budget > 0) epoch_budget -= trainer.epochs_done() - before;
   if (!done) return {};
+  if (trainer.stopped_after() >= 0)
+    say("seed %llu: stopped after epoch %lld: %lld epochs without a better validation GAUC (--patience)\n", seed,
+        trainer.stopped_after() - 1, cfg.patience);
+  if (cfg.keep_best && trainer.best_epoch() >= 0)
+    say("seed %llu: kept epoch %lld, the best by validation GAUC (%.6f)\n", seed, trainer.best_epoch(),
+        trainer.best_value());
   // The score scale on the validation rows, fixed with the model: a pair's
   // ensemble score does not depend on the other candidates.
   const RecipeModelFile file{cfg, signals, train.embedding_dim(), data, Vocabulary::of(train),
                              ScoreScale::of(valid_scores())};
   if (run.lead()) file.save(dir.seed_file("model", seed), model);
-  if (!run.group) return {file.score_candidates(model, train, all_views, scoring), file.scale};
+  if (!run.group) return {file.score_candidates(model, train, all_views, scoring, all_history), file.scale};
   return {compute_sharded(*run.group, train.candidates.num_rows(), [&](int64_t first, int64_t count) {
-            return file.score_candidate_rows(model, train, all_views, first, count, scoring);
+            return file.score_candidate_rows(model, train, all_views, first, count, scoring, all_history);
           }, "candidate scores"),
           file.scale};
 }
@@ -291,6 +309,16 @@ inline int run_train(const TrainRun& run) {
   std::vector<ScoreScale> scales;
   int64_t epoch_budget = run.stop_after > 0 ? run.stop_after : -1;
   const auto all_views = item_view_counts(loaded);
+  // The long-watch threshold is the data's (one for every seed, kept in the
+  // model's settings); the candidates see every loaded view.
+  TrainRun resolved = run;
+  if (resolved.config.long_watch < 0) {
+    const double median = median_neutral_timespent(loaded);
+    resolved.config.long_watch = std::isfinite(median) ? median : 1e300;
+  }
+  const auto all_history = resolved.config.uses_history()
+      ? std::make_shared<const ViewHistory>(loaded, history_options(resolved.config))
+      : nullptr;
   // The end needs ids and candidates, not the interactions: each seed takes
   // the loaded set and shrinks it, and later seeds load it again.
   Dataset meta = loaded;
@@ -302,7 +330,8 @@ inline int run_train(const TrainRun& run) {
     if (!changed.empty())
       throw Error(run.data + " changed while this run used it (read again for seed " + std::to_string(run.seeds[k]) +
                   "):\n" + changed + "rerun once nothing writes to it");
-    auto [seed_scores, scale] = train_seed(std::move(ds), all_views, run, run.seeds[k], data, records, epoch_budget);
+    auto [seed_scores, scale] =
+        train_seed(std::move(ds), all_views, all_history, resolved, run.seeds[k], data, records, epoch_budget);
     if (!seed_scores.defined()) {
       say("train: stopped after %lld epochs (--stop-after); continue with --resume\n", run.stop_after);
       return 0;

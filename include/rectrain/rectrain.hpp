@@ -40,6 +40,7 @@
 #include <rectrain/data/synthetic.hpp>
 #include <rectrain/data/table.hpp>
 #include <rectrain/data/tensor_file.hpp>
+#include <rectrain/data/view_history.hpp>
 #include <rectrain/data/vocabulary.hpp>
 #include <rectrain/loss/loss_terms.hpp>
 #include <rectrain/loss/multi_task.hpp>
@@ -49,12 +50,14 @@
 #include <rectrain/nn/binary_head.hpp>
 #include <rectrain/nn/categorical_feature.hpp>
 #include <rectrain/nn/composite.hpp>
+#include <rectrain/nn/cross_network.hpp>
 #include <rectrain/nn/dense_feature.hpp>
 #include <rectrain/nn/dropout.hpp>
 #include <rectrain/nn/feature.hpp>
 #include <rectrain/nn/freezing.hpp>
 #include <rectrain/nn/fused_block.hpp>
 #include <rectrain/nn/head.hpp>
+#include <rectrain/nn/history_feature.hpp>
 #include <rectrain/nn/id_tables.hpp>
 #include <rectrain/nn/mlp.hpp>
 #include <rectrain/nn/numeric_feature.hpp>

@@ -59,6 +59,15 @@ class SettingField {
     choices_ = std::move(choices);
     return *this;
   }
+  /// The value (as text) of a configuration written before this setting
+  /// existed: the one that gives the behaviour of then. Without it, a
+  /// configuration lacking the key is refused.
+  SettingField& absent(std::string text) {
+    absent_ = std::move(text);
+    return *this;
+  }
+  const std::optional<std::string>& absent_text() const { return absent_; }
+
   /// Said in range errors after the range: "0: from the data size".
   SettingField& note(std::string text) {
     note_ = std::move(text);
@@ -196,6 +205,7 @@ class SettingField {
   }
 
   std::string key_, help_, note_;
+  std::optional<std::string> absent_;
   Target target_;
   bool negated_ = false;
   std::optional<Bound> lower_, upper_;
@@ -247,8 +257,8 @@ class Settings {
     }
     for (auto& f : fields_) {
       const auto it = values.find(f.key());
-      if (it == values.end()) throw Error(where + ": configuration lacks '" + f.key() + "'");
-      f.set(it->second, where + ": configuration value " + f.key());
+      if (it == values.end() && !f.absent_text()) throw Error(where + ": configuration lacks '" + f.key() + "'");
+      f.set(it != values.end() ? it->second : *f.absent_text(), where + ": configuration value " + f.key());
     }
   }
 

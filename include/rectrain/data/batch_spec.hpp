@@ -1,7 +1,9 @@
 #pragma once
 // BatchSpec: which columns a Batch holds and how each is reached from a row:
 // directly (a per-row column) or through a key (row -> user or item ->
-// value). gather() builds the Batch of a [B, G] block of row indices. The
+// value), or computed from the row indices when a batch is gathered (a
+// feature too large to keep per row: a user's history before each row).
+// gather() builds the Batch of a [B, G] block of row indices. The
 // challenge's columns are in challenge_schema.hpp.
 
 #include <rectrain/core/compat.hpp>
@@ -10,11 +12,17 @@
 
 #include <torch/torch.h>
 
+#include <functional>
 #include <string>
 #include <utility>
 #include <vector>
 
 namespace rectrain {
+
+/// A computed column: [n] int64 row indices (>= 0) -> [n, ...], one row of
+/// output per index. Called from the pipeline's workers, possibly at once
+/// from several: it must be safe to call concurrently.
+using ComputedColumn = std::function<torch::Tensor(const torch::Tensor& rows)>;
 
 /// One column a BatchSpec gathers.
 struct BatchColumn {
@@ -23,6 +31,7 @@ struct BatchColumn {
   torch::Tensor values;  ///< [M, ...]: indexed by row, or by key[row]
   torch::Tensor key;     ///< [N] int64 row -> index into values (-1 unknown), or undefined
   compat::optional<torch::ScalarType> dtype;  ///< convert to this type, if set
+  ComputedColumn compute;  ///< set: the column is computed from the rows (values, key unused)
 };
 
 /// Which columns a batch holds. Unknown keys (-1) and padded rows give -1 in
@@ -32,11 +41,17 @@ class BatchSpec {
  public:
   BatchSpec& feature(std::string name, torch::Tensor values, torch::Tensor key = {},
                      compat::optional<torch::ScalarType> dtype = compat::nullopt) {
-    return add({std::move(name), false, std::move(values), std::move(key), dtype});
+    return add({std::move(name), false, std::move(values), std::move(key), dtype, nullptr});
   }
   BatchSpec& label(std::string name, torch::Tensor values, torch::Tensor key = {},
                    compat::optional<torch::ScalarType> dtype = compat::nullopt) {
-    return add({std::move(name), true, std::move(values), std::move(key), dtype});
+    return add({std::move(name), true, std::move(values), std::move(key), dtype, nullptr});
+  }
+
+  /// A feature computed from the rows of each batch by `compute`.
+  BatchSpec& computed_feature(std::string name, ComputedColumn compute) {
+    if (!compute) throw Error(detail::concat("BatchSpec column '", name, "': no function given"));
+    return add({std::move(name), false, {}, {}, compat::nullopt, std::move(compute)});
   }
 
   const std::vector<BatchColumn>& columns() const noexcept { return columns_; }
@@ -56,6 +71,22 @@ class BatchSpec {
     const auto padded = flat < 0;
     const auto safe_rows = flat.clamp_min(0);
     for (const auto& c : columns_) {
+      if (c.compute) {
+        auto out = c.compute(safe_rows);
+        if (!out.defined() || out.dim() < 1 || out.size(0) != flat.size(0))
+          throw TensorError(detail::concat("BatchSpec column '", c.name, "': its function returned ",
+                                           detail::type_and_shape_of(out), " for ", flat.size(0), " rows"));
+        if (pin && out.is_cpu()) out = out.pin_memory();
+        if (out.numel() > 0) {
+          auto m = padded.to(out.device());
+          while (m.dim() < out.dim()) m = m.unsqueeze(-1);
+          out.masked_fill_(m, at::isFloatingType(out.scalar_type()) ? 0 : -1);
+        }
+        std::vector<int64_t> shape{rows.size(0), rows.size(1)};
+        for (int64_t d = 1; d < out.dim(); ++d) shape.push_back(out.size(d));
+        (c.is_label ? batch.labels : batch.features).insert(c.name, out.view(shape));
+        continue;
+      }
       torch::Tensor index = safe_rows, missing = padded;
       if (c.key.defined()) {
         auto key = c.key.index_select(0, safe_rows.to(c.key.device()));
@@ -90,13 +121,21 @@ class BatchSpec {
   /// The spec with every column moved to `device` (to gather on a GPU).
   BatchSpec to(torch::Device device) const {
     BatchSpec out;
-    for (const auto& c : columns_)
-      out.add({c.name, c.is_label, c.values.to(device), c.key.defined() ? c.key.to(device) : c.key, c.dtype});
+    for (const auto& c : columns_) {
+      if (c.compute) out.add(c);  // computes where its function does
+      else
+        out.add({c.name, c.is_label, c.values.to(device), c.key.defined() ? c.key.to(device) : c.key, c.dtype, nullptr});
+    }
     return out;
   }
 
  private:
   BatchSpec& add(BatchColumn column) {
+    if (column.compute) {
+      check_new_name(column);
+      columns_.push_back(std::move(column));
+      return *this;
+    }
     const auto& per_row = column.key.defined() ? column.key : column.values;
     if (!column.values.defined() || column.values.dim() < 1)
       throw TensorError(detail::concat("BatchSpec column '", column.name, "': values must have a row dimension"));
@@ -107,12 +146,16 @@ class BatchSpec {
       throw TensorError(detail::concat("BatchSpec column '", column.name, "': ",
                                        column.key.defined() ? "key" : "values", " has ", per_row.size(0),
                                        " rows, the other columns ", rows_));
-    for (const auto& c : columns_)
-      if (c.name == column.name && c.is_label == column.is_label)
-        throw TensorError(detail::concat("BatchSpec already has a column '", column.name, "'"));
+    check_new_name(column);
     rows_ = per_row.size(0);
     columns_.push_back(std::move(column));
     return *this;
+  }
+
+  void check_new_name(const BatchColumn& column) const {
+    for (const auto& c : columns_)
+      if (c.name == column.name && c.is_label == column.is_label)
+        throw TensorError(detail::concat("BatchSpec already has a column '", column.name, "'"));
   }
 
   std::vector<BatchColumn> columns_;

@@ -41,5 +41,15 @@ Holder clone_module(const Holder& module, const compat::optional<torch::Device>&
   return Holder(std::dynamic_pointer_cast<typename Holder::ContainedType>(module->clone(device)));
 }
 
+/// Copies every parameter and buffer of `from` into `to`, a module of the
+/// same structure (a clone), outside autograd.
+inline void copy_weights(const torch::nn::Module& from, torch::nn::Module& to) {
+  torch::NoGradGuard no_grad;
+  const auto src = from.named_parameters(), dst = to.named_parameters();
+  for (const auto& p : src) dst[p.key()].copy_(p.value());
+  const auto src_buffers = from.named_buffers(), dst_buffers = to.named_buffers();
+  for (const auto& b : src_buffers) dst_buffers[b.key()].copy_(b.value());
+}
+
 } // namespace detail
 } // namespace rectrain

@@ -17,6 +17,8 @@
 #include <rectrain/loss/loss_terms.hpp>
 #include <rectrain/loss/multi_task.hpp>
 #include <rectrain/nn/composite.hpp>
+#include <rectrain/nn/cross_network.hpp>
+#include <rectrain/nn/expert_gates.hpp>
 #include <rectrain/nn/head.hpp>
 #include <rectrain/nn/mlp.hpp>
 #include <rectrain/nn/tower.hpp>
@@ -36,6 +38,17 @@ struct RankerOptions {
   TORCH_ARG(MlpBlocks, shared);
   /// How the heads' losses are combined (weights come with add_head).
   TORCH_ARG(TaskWeighting, weighting) = TaskWeighting::Fixed;
+  /// DCNv2 cross layers over [user tower ‖ item tower] before the shared
+  /// MLP (0: none; CrossNetwork).
+  TORCH_ARG(int64_t, cross_layers) = 0;
+  /// Their rank (0: full-rank).
+  TORCH_ARG(int64_t, cross_rank) = 0;
+  /// Multi-task experts instead of the one shared MLP (0: none): this many
+  /// experts, each an MLP of the `shared` blocks, which every head mixes
+  /// with a gate of its own (MMoE; ExpertGates).
+  TORCH_ARG(int64_t, experts) = 0;
+  /// Experts of each head's own beside those (PLE's gate control).
+  TORCH_ARG(int64_t, task_experts) = 0;
 };
 
 class RankerImpl : public torch::nn::Cloneable<RankerImpl> {
@@ -49,7 +62,25 @@ class RankerImpl : public torch::nn::Cloneable<RankerImpl> {
     if (user_tower.is_empty() || item_tower.is_empty()) throw Error("Ranker: both towers must be given");
     register_module("user_tower", user_tower);
     register_module("item_tower", item_tower);
-    mlp = register_module("mlp", Mlp(options.shared().with_input(user_tower->output_dim() + item_tower->output_dim())));
+    const int64_t input = user_tower->output_dim() + item_tower->output_dim();
+    if (options.cross_layers() < 0) throw Error(detail::concat("Ranker: cross_layers must be >= 0, got ", options.cross_layers()));
+    cross = options.cross_layers() > 0
+                ? register_module("cross", CrossNetwork(CrossNetworkOptions(input).layers(options.cross_layers())
+                                                            .rank(options.cross_rank())))
+                : nullptr;
+    if (options.experts() < 0 || options.task_experts() < 0)
+      throw Error(detail::concat("Ranker: experts and task_experts must be >= 0, got ", options.experts(), " and ",
+                                 options.task_experts()));
+    if (options.experts() + options.task_experts() > 0) {
+      if (options.shared().widths().empty()) throw Error("Ranker: experts need the shared blocks' widths (an expert's layers)");
+      experts = register_module("experts", ExpertGates(ExpertGatesOptions(input, options.shared())
+                                                           .shared_experts(options.experts())
+                                                           .task_experts(options.task_experts())));
+      mlp = register_module("mlp", Mlp(MlpOptions(input, {})));  // the identity: the experts are the shared layers
+    } else {
+      experts = nullptr;
+      mlp = register_module("mlp", Mlp(options.shared().with_input(input)));
+    }
     heads = register_module("heads", torch::nn::ModuleDict());
     entries_.clear();
     rebuild_task_loss();
@@ -75,28 +106,38 @@ class RankerImpl : public torch::nn::Cloneable<RankerImpl> {
       throw Error(detail::concat("Ranker::add_head('", name, "'): the head takes ", head->input_dim(),
                                  " inputs but the shared MLP gives ", hidden_dim(), " (use hidden_dim())"));
     heads->update({{name, module}});
+    if (experts) experts->add_task(name);
     entries_.push_back({name, std::move(module), head, weight});
     rebuild_task_loss();
     return *this;
   }
 
-  /// Width of the shared representation the heads read.
-  int64_t hidden_dim() const { return mlp->output_dim(); }
+  /// Width of the representation the heads read.
+  int64_t hidden_dim() const { return experts ? experts->output_dim() : mlp->output_dim(); }
 
-  /// The shared representation [B, G, hidden_dim()].
+  /// The shared representation [B, G, hidden_dim()] (with experts: their
+  /// input, [B, G, tower outputs]; each head reads its own mix).
   torch::Tensor hidden(const Batch& batch) {
     // Both towers' outputs as parts: towers that pass their features
     // through (the recipe's) give every feature, so one concatenation
     // builds the MLP's input instead of three.
     auto parts = user_tower->output_parts(batch.features, batch.mask);
     for (auto& part : item_tower->output_parts(batch.features, batch.mask)) parts.push_back(std::move(part));
-    return mlp->forward(torch::cat(parts, -1), batch.mask);
+    auto x = torch::cat(parts, -1);
+    if (cross) x = cross(x);
+    return mlp->forward(x, batch.mask);
   }
 
   /// Head name -> prediction [B, G], in the order the heads were added.
   torch::OrderedDict<std::string, torch::Tensor> forward(const Batch& batch) {
     if (entries_.empty()) throw Error("Ranker: no heads; add_head() some first");
     const auto h = hidden(batch);
+    if (experts) {
+      const auto per_head = experts->forward(h, batch.mask);
+      torch::OrderedDict<std::string, torch::Tensor> out("Ranker prediction");
+      for (size_t k = 0; k < entries_.size(); ++k) out.insert(entries_[k].name, entries_[k].head->forward(per_head[k]));
+      return out;
+    }
     // Heads that are one Linear(hidden, 1) (score_layer()) share one product.
     std::vector<bool> shared;
     std::vector<torch::Tensor> weights, biases;
@@ -165,8 +206,10 @@ class RankerImpl : public torch::nn::Cloneable<RankerImpl> {
       const compat::optional<torch::Device>& device = compat::nullopt) const override {
     auto copy = std::make_shared<RankerImpl>(detail::clone_module(user_tower, device),
                                              detail::clone_module(item_tower, device), options);
+    if (cross) copy->cross = copy->replace_module("cross", detail::clone_module(cross, device));
     copy->mlp = copy->replace_module("mlp", detail::clone_module(mlp, device));
     for (const auto& e : entries_) copy->add_head_module(e.name, e.module->clone(device), e.weight);
+    if (experts) copy->experts = copy->replace_module("experts", detail::clone_module(experts, device));
     copy->task_loss = copy->replace_module("task_loss", detail::clone_module(task_loss, device));
     copy->train(is_training());
     return copy;
@@ -177,6 +220,8 @@ class RankerImpl : public torch::nn::Cloneable<RankerImpl> {
   RankerOptions options;
   Tower user_tower{nullptr};
   Tower item_tower{nullptr};
+  CrossNetwork cross{nullptr};  ///< null without cross layers
+  ExpertGates experts{nullptr};  ///< null without experts
   Mlp mlp{nullptr};
   torch::nn::ModuleDict heads{nullptr};
   MultiTaskLoss task_loss{nullptr};

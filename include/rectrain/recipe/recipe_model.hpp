@@ -15,10 +15,12 @@
 #include <rectrain/data/batch_spec.hpp>
 #include <rectrain/data/challenge_schema.hpp>
 #include <rectrain/data/dataset.hpp>
+#include <rectrain/data/view_history.hpp>
 #include <rectrain/data/vocabulary.hpp>
 #include <rectrain/metrics/baselines.hpp>
 #include <rectrain/nn/categorical_feature.hpp>
 #include <rectrain/nn/dense_feature.hpp>
+#include <rectrain/nn/history_feature.hpp>
 #include <rectrain/nn/numeric_feature.hpp>
 #include <rectrain/nn/ranker.hpp>
 #include <rectrain/nn/ranking_head.hpp>
@@ -32,6 +34,7 @@
 #include <torch/torch.h>
 
 #include <cmath>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -66,13 +69,25 @@ inline Ranker build_recipe_ranker(const RecipeShape& shape, const RecipeSettings
   user->add("user", id_table(shape.users, s.item_factors + s.source_factors))
       .add("gender", CategoricalFeature(3, 4))
       .add("age", age);
+  if (s.history > 0)
+    user->add("history", HistoryFeature(HistoryFeatureOptions(shape.items, s.item_factors)
+                                            .window(s.history)
+                                            .lists(ViewHistory::kReactions)
+                                            .init_std(1.0 / std::sqrt(static_cast<double>(s.item_factors)))
+                                            .sparse(s.table_update != "adam")
+                                            .query(s.history_similarity)));
+  if (s.statistics) user->add("user_statistics", DenseFeature(ViewHistory::kStatistics));
   item->add("item", id_table(shape.items, s.item_factors));
   if (s.source_factors > 0) item->add("source", id_table(shape.sources, s.source_factors));
   item->add("duration", duration);
   if (shape.embedding_dim > 0) item->add("item_embedding", DenseFeature(shape.embedding_dim));
   if (s.popularity) item->add("item_views", views);
+  if (s.statistics) item->add("item_statistics", DenseFeature(ViewHistory::kStatistics));
   Ranker ranker(user, item,
-                RankerOptions(MlpBlocks(s.hidden).dropout(s.dropout).normalization(s.mlp_normalization())));
+                RankerOptions(MlpBlocks(s.hidden).dropout(s.dropout).normalization(s.mlp_normalization()))
+                    .cross_layers(s.cross_layers)
+                    .experts(s.experts)
+                    .task_experts(s.task_experts));
   ranker->add_head("target", RankingHead(RankingHeadOptions(ranker->hidden_dim())
                                              .loss(RankingLossOptions(RankingLossKind::PairwiseMargin)
                                                        .pairwise(PairwiseLossOptions().margin(s.margin)))));
@@ -86,6 +101,67 @@ inline Ranker build_recipe_ranker(const RecipeShape& shape, const RecipeSettings
 inline BatchSpec with_recipe_columns(BatchSpec spec, const RecipeSettings& s, const torch::Tensor& views,
                                      const torch::Tensor& items) {
   if (s.popularity) spec.feature("item_views", views, items);
+  return spec;
+}
+
+/// The parameter names of the tables the recipe freezes and updates
+/// sparsely: the id tables, and the history feature's item table.
+inline std::vector<std::string> recipe_table_names(Ranker& model, const RecipeSettings& s) {
+  std::vector<std::string> names{"user", "item"};
+  if (s.source_factors > 0) names.push_back("source");
+  auto out = table_parameter_names(*model, names);
+  if (s.history > 0) out.push_back("user_tower.features.history.weight");
+  return out;
+}
+
+/// The ViewHistory options of a recipe's settings.
+inline ViewHistoryOptions history_options(const RecipeSettings& s) {
+  return ViewHistoryOptions().window(std::max<int64_t>(1, s.history)).long_watch(s.long_watch).item_folds(s.item_folds);
+}
+
+/// Which views a row's history and statistics columns see.
+enum class HistoryTime : uint8_t {
+  Row,  ///< row r of the history's own views: those before it (training rows)
+  All,  ///< every view the history knows (held-out rows, candidates)
+};
+
+/// `spec` plus the columns of the history features that are on: "history"
+/// (ViewHistory::windows), "user_statistics" and "item_statistics", for
+/// rows whose users and items (indices into `history`'s data) are given,
+/// computed per batch. `item_map` (optional): history item index -> the
+/// model's item index (-1: the model never saw it).
+inline BatchSpec with_history_columns(BatchSpec spec, const RecipeSettings& s,
+                                      const std::shared_ptr<const ViewHistory>& history, const torch::Tensor& users,
+                                      const torch::Tensor& items, HistoryTime time,
+                                      const torch::Tensor& item_map = {}) {
+  if (!s.uses_history()) return spec;
+  if (!history) throw Error("with_history_columns: the settings use history features, but no ViewHistory is given");
+  const int64_t all = history->num_rows();
+  const auto times = [time, all](const torch::Tensor& rows) {
+    return time == HistoryTime::Row ? rows.to(torch::kCPU) : torch::full({rows.numel()}, all, torch::kInt64);
+  };
+  if (s.history > 0) {
+    const bool query = s.history_similarity;
+    spec.computed_feature("history", [history, users, items, item_map, times, query](const torch::Tensor& rows) {
+      auto w = history->windows(users.index_select(0, rows.to(users.device())), times(rows));
+      if (query) {  // one more list: the row's own item first (HistoryFeature's query)
+        auto own = torch::full({w.size(0), 1, w.size(2)}, -1, torch::kInt64);
+        own.select(1, 0).select(1, 0).copy_(items.index_select(0, rows.to(items.device())).to(torch::kCPU));
+        w = torch::cat({w, own}, 1);
+      }
+      if (item_map.defined()) w = torch::where(w >= 0, item_map.index({w.clamp_min(0)}), w);
+      return w;
+    });
+  }
+  if (s.statistics) {
+    spec.computed_feature("user_statistics", [history, users, times](const torch::Tensor& rows) {
+      return history->user_statistics(users.index_select(0, rows.to(users.device())), times(rows));
+    });
+    spec.computed_feature("item_statistics", [history, users, items, times](const torch::Tensor& rows) {
+      const auto r = rows.to(items.device());
+      return history->item_statistics(items.index_select(0, r), times(rows), users.index_select(0, r));
+    });
+  }
   return spec;
 }
 
@@ -132,17 +208,27 @@ struct RecipeModelFile {
   }
 
   /// Target-head scores of every candidates row of `ds` (`views`: item view
-  /// counts over the interactions known when scoring), raw ids mapped
-  /// through the model's vocabulary.
+  /// counts over the interactions known when scoring; `history`: the views
+  /// known then, for a model with history features, built from ds when not
+  /// given), raw ids mapped through the model's vocabulary.
   torch::Tensor score_candidates(Ranker& model, const Dataset& ds, const torch::Tensor& views,
-                                 ScoreOptions options = {}) const {
-    return score_candidate_rows(model, ds, views, 0, ds.candidates.num_rows(), std::move(options));
+                                 ScoreOptions options = {}, std::shared_ptr<const ViewHistory> history = {}) const {
+    return score_candidate_rows(model, ds, views, 0, ds.candidates.num_rows(), std::move(options), std::move(history));
+  }
+
+  /// The ViewHistory a model with history features reads, over `ds`'s
+  /// interactions (null when it has none).
+  std::shared_ptr<const ViewHistory> history_of(const Dataset& ds) const {
+    if (!settings.uses_history()) return nullptr;
+    return std::make_shared<const ViewHistory>(
+        ds, history_options(settings));
   }
 
   /// score_candidates for candidate rows [first, first + count) only (one
   /// rank's share, say).
   torch::Tensor score_candidate_rows(Ranker& model, const Dataset& ds, const torch::Tensor& views, int64_t first,
-                                     int64_t count, ScoreOptions options = {}) const {
+                                     int64_t count, ScoreOptions options = {},
+                                     std::shared_ptr<const ViewHistory> history = {}) const {
     if (first < 0 || count < 0 || first + count > ds.candidates.num_rows())
       throw Error(detail::concat("RecipeModelFile: candidate rows [", first, ", ", first + count, ") are not within the ",
                                  ds.candidates.num_rows(), " candidates"));
@@ -150,7 +236,16 @@ struct RecipeModelFile {
       throw Error(detail::concat("RecipeModelFile: the model reads ", embedding_dim, "-wide item content vectors, but the dataset's "
                                  "items have ", ds.embedding_dim(), "; score data with the training data's columns"));
     if (settings.bf16 && !options.autocast()) options.autocast(at::kBFloat16);
-    const auto spec = with_recipe_columns(candidate_batch_spec(ds, vocabulary), settings, views, ds.candidates["item"]);
+    auto spec = with_recipe_columns(candidate_batch_spec(ds, vocabulary), settings, views, ds.candidates["item"]);
+    if (settings.uses_history()) {
+      if (!history) history = history_of(ds);
+      if (history->num_users() != ds.num_users() || history->num_items() != ds.num_items())
+        throw Error(detail::concat("RecipeModelFile: the ViewHistory given has ", history->num_users(), " users and ",
+                                   history->num_items(), " items, the dataset scored ", ds.num_users(), " and ",
+                                   ds.num_items()));
+      spec = with_history_columns(std::move(spec), settings, history, ds.candidates["user"], ds.candidates["item"],
+                                  HistoryTime::All, vocabulary.items.encode(ds.item_ids.raw_ids()));
+    }
     return score_groups(model, spec, torch::arange(first, first + count).view({-1, 1}), options).view(-1);
   }
 

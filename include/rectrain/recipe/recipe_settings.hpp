@@ -36,6 +36,14 @@ struct RecipeSettings {
   double clip_grad_norm = 0;
   std::string table_update = "sparse";
   bool bf16 = false, extra_heads = false;
+  int64_t history = 0;   ///< window of ViewHistory (0: no history feature)
+  bool history_similarity = false;
+  bool statistics = false;
+  int64_t item_folds = 0;
+  double long_watch = -1;  ///< ViewHistory's long-watch threshold (-1: from the data)
+  int64_t cross_layers = 0, experts = 0, task_experts = 0;
+  bool keep_best = false;
+  int64_t patience = 0;
   double holdout_fraction = 0.1;
   int64_t holdout_users = 20000;
 
@@ -70,6 +78,32 @@ struct RecipeSettings {
     s.add("bf16", bf16, "Forward passes under bfloat16 autocast (on CPU: only one with native bf16)");
     s.add("extra_heads", extra_heads,
           "Train a head on each extra numeric column of interactions (binary for 0/1 columns, regression otherwise)");
+    s.add("history", history,
+          "Items per reaction class (liked, disliked, long watch, other) of the user's views before each row, pooled "
+          "into a history feature (0: none)")
+        .at_least(0).at_most(1024).absent("0").note("0: no history feature");
+    s.add("history_similarity", history_similarity,
+          "The history feature also gives the candidate's similarity to each class's items (mean and max)")
+        .absent("0");
+    s.add("statistics", statistics,
+          "Per-row user and item statistics from strictly earlier views: views and smoothed rates of each reaction class")
+        .absent("0");
+    s.add("item_folds", item_folds,
+          "Item statistics of training rows out of fold over this many user folds (0: from strictly earlier views)")
+        .at_least(0).at_most(1000).absent("0").note("0: strictly earlier views");
+    s.add("long_watch", long_watch,
+          "Timespent from which a view neither liked nor disliked counts as a long watch (-1: the median of such views)")
+        .at_least(-1).absent("-1").note("-1: from the data");
+    s.add("cross_layers", cross_layers, "DCNv2 cross layers before the shared MLP (0: none)")
+        .at_least(0).at_most(16).absent("0");
+    s.add("experts", experts,
+          "Multi-task experts instead of the shared MLP, mixed per head by a gate (MMoE; 0: the shared MLP)")
+        .at_least(0).at_most(64).absent("0").note("0: the shared MLP");
+    s.add("task_experts", task_experts, "Experts of each head's own beside those (PLE's gate control)")
+        .at_least(0).at_most(16).absent("0");
+    s.add("keep_best", keep_best, "End with the weights of the epoch with the best validation GAUC").absent("0");
+    s.add("patience", patience, "Stop after this many epochs without a better validation GAUC (0: never)")
+        .at_least(0).absent("0").note("0: never");
     s.add("holdout_fraction", holdout_fraction, "Share of eligible users held out for validation").above(0).at_most(1);
     s.add("holdout_users", holdout_users, "At most this many validation users").at_least(1);
     return s;
@@ -85,6 +119,8 @@ struct RecipeSettings {
   }
 
   int64_t epochs() const { return frozen_epochs + unfrozen_epochs; }
+  /// Whether rows need a ViewHistory (history or statistics features).
+  bool uses_history() const { return history > 0 || statistics; }
   Normalization mlp_normalization() const {
     if (normalization == "batchnorm") return Normalization::BatchNorm;
     return normalization == "none" ? Normalization::None : Normalization::LayerNorm;
@@ -93,6 +129,9 @@ struct RecipeSettings {
   void validate() const {
     RecipeSettings(*this).settings().validate();
     if (epochs() < 1) throw Error("--frozen-epochs and --unfrozen-epochs are both 0: nothing would be trained");
+    if (item_folds == 1) throw Error("--item-folds must be 0 or at least 2, got 1");
+    if (history_similarity && history == 0)
+      throw Error("--history-similarity compares the candidate with the history: it needs --history > 0");
   }
 
   /// Fills the sizes left at 0 from the training data and its number of

@@ -68,6 +68,22 @@ inline std::vector<MatmulShape> training_matmuls(const Ranker& ranker, int64_t r
     towers_grad = towers_grad || grad;
   }
   bool grad = towers_grad;
+  if (ranker->cross)
+    for (const auto& module : ranker->cross->modules())
+      if (const auto* linear = dynamic_cast<const torch::nn::LinearImpl*>(module.get()))
+        detail::linear_matmuls(*linear, rows, grad, out);
+  if (ranker->experts) {
+    // Every expert and gate reads the same input; each its own gradient.
+    for (const auto* expert : ranker->experts->expert_modules()) {
+      bool expert_grad = grad;
+      detail::mlp_matmuls(*expert, rows, expert_grad, out);
+    }
+    for (const auto* gate : ranker->experts->gate_modules()) {
+      bool gate_grad = grad;
+      detail::linear_matmuls(*gate, rows, gate_grad, out);
+    }
+    grad = true;
+  }
   detail::mlp_matmuls(*ranker->mlp, rows, grad, out);
   for (const auto& head : ranker->heads->values()) {
     bool head_grad = grad;

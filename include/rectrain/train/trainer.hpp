@@ -16,12 +16,18 @@
 //   if (resume) trainer.resume();
 //   trainer.fit();
 //
+// With keep_best, the model ends with the weights of its best epoch by the
+// validation metric (a copy of them follows the training, in the
+// checkpoint too); with patience, training stops once that many epochs
+// have passed without a better one.
+//
 // The model is a module holder with train_epoch's contract (forward and
 // loss_terms), a Ranker or your own.
 
 #include <rectrain/core/error.hpp>
 #include <rectrain/core/parse.hpp>
 #include <rectrain/metrics/ranking.hpp>
+#include <rectrain/nn/composite.hpp>
 #include <rectrain/train/checkpoint.hpp>
 #include <rectrain/train/epoch.hpp>
 #include <rectrain/train/epoch_record.hpp>
@@ -30,7 +36,10 @@
 
 #include <torch/torch.h>
 
+#include <cmath>
 #include <functional>
+#include <limits>
+#include <memory>
 #include <string>
 #include <utility>
 #include <vector>
@@ -56,7 +65,15 @@ struct TrainerOptions {
   TORCH_ARG(std::function<void(int64_t epoch)>, on_epoch_start) = nullptr;
   /// A progress line on stderr while an epoch runs (ProgressLine).
   TORCH_ARG(bool, progress_line) = false;
+  /// When the schedule is done, load the weights of the epoch whose
+  /// validation metric was highest (needs validate).
+  TORCH_ARG(bool, keep_best) = false;
+  /// Stop after this many epochs without a better validation metric (0:
+  /// never; needs validate). Early epochs count too: a schedule whose
+  /// unfrozen phase comes last may stop before it.
+  TORCH_ARG(int64_t, patience) = 0;
 };
+
 
 template <typename ModelHolder>
 class Trainer {
@@ -75,11 +92,21 @@ class Trainer {
         options_(std::move(options)),
         cpu_rng_(at::globalContext().defaultGenerator(torch::kCPU)) {
     if (optimizers_.empty()) throw Error("Trainer: no optimizer given");
+    if ((options_.keep_best() || options_.patience() > 0) && !options_.validate())
+      throw Error("Trainer: keep_best and patience choose by the validation metric; set validate");
+    if (options_.patience() < 0)
+      throw Error(detail::concat("Trainer: patience must be >= 0, got ", options_.patience()));
     checkpoint_.add("model", *model_);
     for (size_t i = 0; i < optimizers_.size(); ++i)
       checkpoint_.add(detail::concat("optimizer_", i), *optimizers_[i]);
     checkpoint_.add("sampler", pipeline_.sampler()).add("rng", cpu_rng_);
     checkpoint_.add("epochs_done", epochs_done_).add("history", history_);
+    if (options_.keep_best() || options_.patience() > 0)
+      checkpoint_.add("best_epoch", best_epoch_).add("best_value", best_value_).add("stopped_after", stopped_after_);
+    if (options_.keep_best()) {
+      best_ = model_->clone();
+      checkpoint_.add("best_model", *best_);
+    }
     const auto parameters = model_->parameters();
     if (!parameters.empty() && parameters.front().is_cuda()) {
       cuda_rng_ = at::globalContext().defaultGenerator(parameters.front().device());
@@ -111,7 +138,7 @@ class Trainer {
   bool fit(int64_t max_epochs = -1) {
     ProgressLine progress;
     auto epoch_options = options_.epoch_options();
-    for (int64_t trained = 0; epochs_done_ < schedule_.epochs(); ++trained) {
+    for (int64_t trained = 0; epochs_done_ < schedule_.epochs() && stopped_after_ < 0; ++trained) {
       if (max_epochs >= 0 && trained >= max_epochs) return false;
       const int64_t epoch = epochs_done_;
       EpochRecord record;
@@ -132,11 +159,30 @@ class Trainer {
       history_ += record.to_json() + "\n";
       records_.push_back(record);
       epochs_done_ = epoch + 1;
+      if (options_.keep_best() || options_.patience() > 0) {
+        // NaN (no validation user with two targets) never counts as better.
+        if (record.validation.value > best_value_) {
+          best_value_ = record.validation.value;
+          best_epoch_ = epoch;
+          if (best_) detail::copy_weights(*model_, *best_);
+        }
+        if (options_.patience() > 0 && epochs_done_ < schedule_.epochs() &&
+            epoch - std::max<int64_t>(best_epoch_, -1) >= options_.patience())
+          stopped_after_ = epochs_done_;
+      }
       if (!options_.checkpoint_path().empty()) checkpoint_.save(options_.checkpoint_path());
       if (options_.on_epoch()) options_.on_epoch()(records_.back());
     }
+    if (best_ && best_epoch_ >= 0) detail::copy_weights(*best_, *model_);
     return true;
   }
+
+  /// The epoch with the best validation metric so far (-1: none yet, or
+  /// neither keep_best nor patience set), and that metric.
+  int64_t best_epoch() const { return best_epoch_; }
+  double best_value() const { return best_value_; }
+  /// The epochs done when patience stopped the run (-1: it did not).
+  int64_t stopped_after() const { return stopped_after_; }
 
   int64_t epochs_done() const { return epochs_done_; }
   /// Every epoch's record, the resumed ones first.
@@ -151,6 +197,9 @@ class Trainer {
   Checkpoint checkpoint_;
   at::Generator cpu_rng_, cuda_rng_;
   int64_t epochs_done_ = 0;
+  int64_t best_epoch_ = -1, stopped_after_ = -1;
+  double best_value_ = -std::numeric_limits<double>::infinity();
+  std::shared_ptr<torch::nn::Module> best_;  ///< the best epoch's weights (keep_best)
   std::string history_;
   std::vector<EpochRecord> records_;
 };

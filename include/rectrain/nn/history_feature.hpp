@@ -1,0 +1,126 @@
+#pragma once
+// HistoryFeature: a user's past items as a Tower feature. Its column holds,
+// per row, R lists of W item indices (ViewHistory::windows: the last W
+// items the user liked, disliked, watched long, and the rest, before the
+// row), -1 where a list is shorter. Each list becomes the mean of its
+// items' rows in an item table of the feature's own (which can start from
+// the same ALS factors as the item tower's), and its fill (items / W):
+//
+//   Tower user;
+//   user->add("history", HistoryFeature(HistoryFeatureOptions(num_items, 64).window(16)));
+//   // column [B, G, 4, 16] int64 -> [B, G, 4 * (64 + 1)]
+//
+// With query, the column has one more list whose first entry is the row's
+// own item (the candidate), and each list also gives the candidate's
+// similarity to it: the dot product with the list's mean and the largest
+// with any of its items (as DIN's attention and item-kNN do: "like the
+// things this user liked"), from the same table.
+//
+// Mean pooling runs through embedding_bag over the valid entries only; the
+// query's similarities gather [rows, R * W, dim] once.
+
+#include <rectrain/core/error.hpp>
+#include <rectrain/nn/feature.hpp>
+#include <rectrain/nn/freezing.hpp>
+
+#include <torch/torch.h>
+
+#include <limits>
+
+namespace rectrain {
+
+struct HistoryFeatureOptions {
+  HistoryFeatureOptions(int64_t num_items, int64_t dim) : num_items_(num_items), dim_(dim) {}
+  /// Known items are 0..num_items-1; others (and -1) count as absent.
+  TORCH_ARG(int64_t, num_items);
+  TORCH_ARG(int64_t, dim);
+  /// Lists per row (R): ViewHistory's reaction classes.
+  TORCH_ARG(int64_t, lists) = 4;
+  /// Items per list (W).
+  TORCH_ARG(int64_t, window) = 16;
+  TORCH_ARG(double, init_std) = 0.01;
+  /// Sparse gradients (SparseAdam through TableOptimizers).
+  TORCH_ARG(bool, sparse) = false;
+  /// The column's last list holds the row's item: add its similarities.
+  TORCH_ARG(bool, query) = false;
+};
+
+class HistoryFeatureImpl : public torch::nn::Cloneable<HistoryFeatureImpl>, public FeatureInterface {
+ public:
+  explicit HistoryFeatureImpl(HistoryFeatureOptions options_) : options(std::move(options_)) { reset(); }
+
+  void reset() override {
+    if (options.num_items() < 1 || options.dim() < 1 || options.lists() < 1 || options.window() < 1)
+      throw Error(detail::concat("HistoryFeature: need num_items, dim, lists and window >= 1, got ",
+                                 options.num_items(), ", ", options.dim(), ", ", options.lists(), " and ",
+                                 options.window()));
+    weight = register_parameter("weight", torch::empty({options.num_items(), options.dim()}));
+    torch::NoGradGuard no_grad;
+    weight.normal_(0, options.init_std());
+  }
+
+  /// Copies `table` ([num_items, dim], or [num_items + 1, dim] with an OOV
+  /// row, which is dropped) into the weight; rejects NaN and Inf.
+  void set_weight(const torch::Tensor& table) {
+    const int64_t n = options.num_items();
+    if (!table.defined() || table.dim() != 2 || table.size(1) != options.dim() ||
+        (table.size(0) != n && table.size(0) != n + 1))
+      throw TensorError(detail::concat("HistoryFeature weight: expected [", n, ", ", options.dim(), "], got ",
+                                       detail::shape_of(table)));
+    if (!torch::isfinite(table).all().item<bool>()) throw TensorError("HistoryFeature weight: NaN or Inf entries");
+    torch::NoGradGuard no_grad;
+    weight.copy_(table.narrow(0, 0, n));
+  }
+
+  /// [..., lists (+ 1 with query), window] integer -> [..., output_dim()].
+  torch::Tensor forward(const torch::Tensor& column) override {
+    const int64_t r = options.lists(), w = options.window(), d = options.dim();
+    const int64_t rows_in = r + (options.query() ? 1 : 0);
+    if (!column.defined() || column.dim() < 2 || column.size(-1) != w || column.size(-2) != rows_in ||
+        at::isFloatingType(column.scalar_type()))
+      throw TensorError(detail::concat("HistoryFeature: expected an integer column [..., ", rows_in, ", ", w,
+                                       "], got ", detail::type_and_shape_of(column)));
+    const auto all = column.reshape({-1, rows_in, w}).to(torch::kInt64);
+    const auto ids = (options.query() ? all.narrow(1, 0, r) : all).reshape({-1, w});
+    const auto valid = (ids >= 0) & (ids < options.num_items());
+    const auto counts = valid.sum(1);
+    const auto offsets = counts.cumsum(0) - counts;
+    const auto pooled = torch::nn::functional::embedding_bag(
+        ids.masked_select(valid), weight,
+        torch::nn::functional::EmbeddingBagFuncOptions().offsets(offsets).mode(torch::kMean).sparse(options.sparse()));
+    const auto fill = counts.to(pooled.scalar_type()).div_(static_cast<double>(w)).unsqueeze(1);
+    auto lead = column.sizes().vec();
+    lead.resize(lead.size() - 2);
+    lead.push_back(output_dim());
+    if (!options.query()) return torch::cat({pooled, fill}, 1).view(lead);
+    const int64_t n = options.num_items(), rows = all.size(0);
+    const auto q_ids = all.select(1, r).select(1, 0);
+    const auto q_valid = ((q_ids >= 0) & (q_ids < n)).unsqueeze(1);
+    const auto lookup = torch::nn::functional::EmbeddingFuncOptions().sparse(options.sparse());
+    const auto q = torch::nn::functional::embedding(q_ids.clamp(0, n - 1), weight, lookup) * q_valid;  // [rows, d]
+    const auto mean_similarity = (pooled.view({rows, r, d}) * q.unsqueeze(1)).sum(-1, true);  // [rows, r, 1]
+    const auto items = torch::nn::functional::embedding(ids.clamp(0, n - 1).view({rows, r * w}), weight, lookup);
+    auto similarity = torch::bmm(items, q.unsqueeze(2)).view({rows, r, w});
+    const auto valid3 = valid.view({rows, r, w});
+    const auto best = similarity.masked_fill(~valid3, -std::numeric_limits<float>::infinity()).amax(-1, true);
+    const auto max_similarity = best.masked_fill(~valid3.any(-1, true), 0);  // an empty list: 0
+    return torch::cat({pooled.view({rows, r, d}), fill.view({rows, r, 1}), mean_similarity, max_similarity}, -1)
+        .view(lead);
+  }
+
+  int64_t output_dim() const override {
+    return options.lists() * (options.dim() + (options.query() ? 3 : 1));
+  }
+
+  void pretty_print(std::ostream& stream) const override {
+    stream << "rectrain::HistoryFeature(num_items=" << options.num_items() << ", dim=" << options.dim()
+           << ", lists=" << options.lists() << ", window=" << options.window() << ")";
+  }
+
+  HistoryFeatureOptions options;
+  torch::Tensor weight;
+};
+
+TORCH_MODULE(HistoryFeature);
+
+} // namespace rectrain
