@@ -432,3 +432,47 @@ TEST_CASE("ViewHistory item_folds: a training row's item statistics come from th
   CHECK_THROWS_WITH(h.item_statistics(v.items, rows), Catch::Contains("need each query's user"));
   CHECK_THROWS_WITH(v.history(ViewHistoryOptions().item_folds(1)), Catch::Contains("item_folds must be 0 or >= 2"));
 }
+
+TEST_CASE("HistoryFeature, CrossNetwork, ExpertGates and ViewHistory columns on CUDA agree with CPU", "[history][cuda]") {
+  if (!torch::cuda::is_available()) {
+    SUCCEED("no CUDA device; skipped");
+    return;
+  }
+  torch::manual_seed(21);
+  const torch::Device cuda(torch::kCUDA);
+  // HistoryFeature with a query, sparse: values and gradients.
+  HistoryFeature history(HistoryFeatureOptions(30, 4).lists(4).window(5).query(true).sparse(true));
+  auto history_gpu = std::dynamic_pointer_cast<HistoryFeatureImpl>(history->clone(cuda));
+  auto column = torch::randint(-1, 30, {3, 2, 5, 5}, torch::kInt64);
+  const auto out = history(column);
+  const auto out_gpu = history_gpu->forward(column.to(cuda));
+  CHECK(torch::allclose(out_gpu.cpu(), out, 1e-4, 1e-5));
+  out.pow(2).sum().backward();
+  out_gpu.pow(2).sum().backward();
+  CHECK(history_gpu->weight.grad().is_sparse());
+  CHECK(torch::allclose(history_gpu->weight.grad().to_dense().cpu(), history->weight.grad().to_dense(), 1e-3, 1e-5));
+  // CrossNetwork and ExpertGates.
+  CrossNetwork cross(CrossNetworkOptions(6).layers(2).rank(3));
+  auto cross_gpu = std::dynamic_pointer_cast<CrossNetworkImpl>(cross->clone(cuda));
+  const auto x = torch::randn({4, 3, 6});
+  CHECK(torch::allclose(cross_gpu->forward(x.to(cuda)).cpu(), cross(x), 1e-4, 1e-5));
+  ExpertGates gates(ExpertGatesOptions(6, MlpBlocks({5}).normalization(Normalization::LayerNorm)).shared_experts(2).task_experts(1));
+  gates->add_task("a").add_task("b");
+  auto gates_gpu = std::dynamic_pointer_cast<ExpertGatesImpl>(gates->clone(cuda));
+  const auto cpu_out = gates(x), gpu_out = gates_gpu->forward(x.to(cuda));
+  for (size_t t = 0; t < 2; ++t) CHECK(torch::allclose(gpu_out[t].cpu(), cpu_out[t], 1e-4, 1e-5));
+  // The history columns gathered from rows on the device.
+  const auto v = random_views(200, 6, 30, 22);
+  RecipeSettings s;
+  s.history = 5;
+  s.history_similarity = true;
+  s.statistics = true;
+  auto h = std::make_shared<const ViewHistory>(v.history(ViewHistoryOptions().window(5).long_watch(5)));
+  BatchSpec spec;
+  spec.feature("user", v.users);
+  const auto with = with_history_columns(spec, s, h, v.users, v.items, HistoryTime::Row);
+  const auto rows = torch::randint(0, 200, {4, 5}, torch::kInt64);
+  const auto on_cpu = with.gather(rows), on_gpu = with.to(cuda).gather(rows.to(cuda));
+  for (const char* name : {"history", "user_statistics", "item_statistics"})
+    CHECK(torch::equal(on_gpu.features[name].cpu(), on_cpu.features[name]));
+}

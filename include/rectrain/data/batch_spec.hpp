@@ -76,6 +76,7 @@ class BatchSpec {
         if (!out.defined() || out.dim() < 1 || out.size(0) != flat.size(0))
           throw TensorError(detail::concat("BatchSpec column '", c.name, "': its function returned ",
                                            detail::type_and_shape_of(out), " for ", flat.size(0), " rows"));
+        if (out.device() != rows.device()) out = out.to(rows.device());  // a device spec's batch stays there
         if (pin && out.is_cpu()) out = out.pin_memory();
         if (out.numel() > 0) {
           auto m = padded.to(out.device());
