@@ -17,12 +17,15 @@
 // things this user liked"), from the same table.
 //
 // Mean pooling runs through embedding_bag over the valid entries only; the
-// query's similarities gather [rows, R * W, dim] once.
+// largest similarity is found by a loop over the table's rows outside
+// autograd (CPU; one batched product on a device), then recomputed through
+// the winning item, so no [rows, R * W, dim] block is built.
 
 #include <rectrain/core/error.hpp>
 #include <rectrain/nn/feature.hpp>
 #include <rectrain/nn/freezing.hpp>
 
+#include <ATen/Parallel.h>
 #include <torch/torch.h>
 
 #include <limits>
@@ -99,11 +102,12 @@ class HistoryFeatureImpl : public torch::nn::Cloneable<HistoryFeatureImpl>, publ
     const auto lookup = torch::nn::functional::EmbeddingFuncOptions().sparse(options.sparse());
     const auto q = torch::nn::functional::embedding(q_ids.clamp(0, n - 1), weight, lookup) * q_valid;  // [rows, d]
     const auto mean_similarity = (pooled.view({rows, r, d}) * q.unsqueeze(1)).sum(-1, true);  // [rows, r, 1]
-    const auto items = torch::nn::functional::embedding(ids.clamp(0, n - 1).view({rows, r * w}), weight, lookup);
-    auto similarity = torch::bmm(items, q.unsqueeze(2)).view({rows, r, w});
-    const auto valid3 = valid.view({rows, r, w});
-    const auto best = similarity.masked_fill(~valid3, -std::numeric_limits<float>::infinity()).amax(-1, true);
-    const auto max_similarity = best.masked_fill(~valid3.any(-1, true), 0);  // an empty list: 0
+    // The most similar item of each list, found outside autograd, then its
+    // similarity recomputed through it: the gradient of a max reaches the
+    // argmax only, and a batch gathers [rows, R, dim], not [rows, R * W, dim].
+    const auto best = most_similar(ids.view({rows, r, w}), valid.view({rows, r, w}), q);  // [rows, r], -1: empty
+    const auto best_rows = torch::nn::functional::embedding(best.clamp_min(0), weight, lookup);  // [rows, r, d]
+    const auto max_similarity = ((best_rows * q.unsqueeze(1)).sum(-1) * (best >= 0)).unsqueeze(-1);
     return torch::cat({pooled.view({rows, r, d}), fill.view({rows, r, 1}), mean_similarity, max_similarity}, -1)
         .view(lead);
   }
@@ -119,6 +123,56 @@ class HistoryFeatureImpl : public torch::nn::Cloneable<HistoryFeatureImpl>, publ
 
   HistoryFeatureOptions options;
   torch::Tensor weight;
+
+ private:
+  /// Per (row, list), the valid item with the largest dot product with the
+  /// row's query (the first such on ties), -1 for an empty list.
+  torch::Tensor most_similar(const torch::Tensor& ids, const torch::Tensor& valid, const torch::Tensor& q) const {
+    torch::NoGradGuard no_grad;
+    const int64_t rows = ids.size(0), r = ids.size(1), w = ids.size(2), d = options.dim();
+    if (!weight.is_cpu()) {  // a device: one batched product is cheap there
+      const auto items = weight.index_select(0, ids.clamp(0, options.num_items() - 1).reshape(-1)).view({rows, r * w, d});
+      const auto s = torch::bmm(items, q.unsqueeze(2).to(items.scalar_type())).view({rows, r, w});
+      const auto arg = s.masked_fill(~valid, -std::numeric_limits<float>::infinity()).argmax(-1, true);
+      return ids.gather(-1, arg).squeeze(-1).masked_fill(~valid.any(-1), -1);
+    }
+    const auto table = weight.to(torch::kFloat32).contiguous();
+    const auto query = q.to(torch::kFloat32).contiguous();
+    const auto id = ids.contiguous();
+    const auto ok = valid.contiguous();
+    auto out = torch::full({rows, r}, -1, torch::kInt64);
+    const float* tp = table.data_ptr<float>();
+    const float* qp = query.data_ptr<float>();
+    const int64_t* ip = id.data_ptr<int64_t>();
+    const bool* vp = ok.data_ptr<bool>();
+    int64_t* op = out.data_ptr<int64_t>();
+    at::parallel_for(0, rows, 64, [&](int64_t begin, int64_t end) {
+      for (int64_t i = begin; i < end; ++i) {
+        const float* qi = qp + i * d;
+        for (int64_t c = 0; c < r; ++c) {
+          float best = -std::numeric_limits<float>::infinity();
+          for (int64_t j = 0; j < w; ++j) {
+            const int64_t at = (i * r + c) * w + j;
+            if (!vp[at]) continue;
+            const float* e = tp + ip[at] * d;
+            // Eight running sums: a dot product the compiler vectorises
+            // without reassociating one sum.
+            float part[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+            int64_t k = 0;
+            for (; k + 8 <= d; k += 8)
+              for (int u = 0; u < 8; ++u) part[u] += e[k + u] * qi[k + u];
+            float dot = ((part[0] + part[1]) + (part[2] + part[3])) + ((part[4] + part[5]) + (part[6] + part[7]));
+            for (; k < d; ++k) dot += e[k] * qi[k];
+            if (dot > best) {
+              best = dot;
+              op[i * r + c] = ip[at];
+            }
+          }
+        }
+      }
+    });
+    return out;
+  }
 };
 
 TORCH_MODULE(HistoryFeature);
