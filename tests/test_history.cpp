@@ -6,8 +6,6 @@
 
 #include <rectrain/rectrain.hpp>
 
-#include <catch2/catch.hpp>
-
 #include <random>
 
 using namespace rectrain;
