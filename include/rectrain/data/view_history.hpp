@@ -259,11 +259,12 @@ class ViewHistory {
     return {keys.to(torch::kCPU, torch::kInt64).contiguous(), times.to(torch::kCPU, torch::kInt64).contiguous()};
   }
 
-  /// [first, last) of segment `s`'s rows that are < time.
-  static std::pair<int64_t, int64_t> segment(const std::vector<int64_t>& offsets, const std::vector<int32_t>& rows,
-                                             int64_t s, int64_t time) {
+  /// [first, last) of segment `s`'s rows that are < time. Every row is
+  /// below num_rows(): a query that sees all views needs no search.
+  std::pair<int64_t, int64_t> segment(const std::vector<int64_t>& offsets, const std::vector<int32_t>& rows, int64_t s,
+                                      int64_t time) const {
     const auto first = offsets[static_cast<size_t>(s)], end = offsets[static_cast<size_t>(s) + 1];
-    if (time >= std::numeric_limits<int32_t>::max()) return {first, end};
+    if (time >= num_rows_) return {first, end};
     const auto bound = std::lower_bound(rows.begin() + first, rows.begin() + end, static_cast<int32_t>(std::max<int64_t>(time, 0)));
     return {first, static_cast<int64_t>(bound - rows.begin())};
   }
