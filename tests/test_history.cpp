@@ -300,13 +300,14 @@ TEST_CASE("rectrain-vk train with history, statistics and cross layers; predict 
   REQUIRE_THAT(vk_out("synth --scale 0.002 --seed 3 --out " + data), Catch::Contains("synth:"));
   const std::string flags = " --data " + data +
                             " --frozen-epochs 1 --unfrozen-epochs 1 --hidden 32,16 --seeds 1,2 --history 4 --history-similarity "
-                            "--statistics --item-folds 3 --cross-layers 1 --experts 2";
+                            "--statistics --item-folds 3 --cross-layers 1 --experts 2 --content-affinity";
   const auto run = vk_out("train" + flags + " --out " + dir.file("run"));
   INFO(run);
   REQUIRE_THAT(run, Catch::Contains("train: done") && Catch::Contains("ensemble: candidates GAUC"));
   const auto file = RecipeModelFile::read(dir.file("run/model-seed1.pt"));
   CHECK(file.settings.history == 4);
   CHECK(file.settings.statistics);
+  CHECK(file.settings.content_affinity);
   CHECK(std::isfinite(file.settings.long_watch));
   CHECK(file.settings.long_watch >= 0);
   // The same seeds give the same bytes.
@@ -473,4 +474,124 @@ TEST_CASE("HistoryFeature, CrossNetwork, ExpertGates and ViewHistory columns on 
   const auto on_cpu = with.gather(rows), on_gpu = with.to(cuda).gather(rows.to(cuda));
   for (const char* name : {"history", "user_statistics", "item_statistics"})
     CHECK(torch::equal(on_gpu.features[name].cpu(), on_cpu.features[name]));
+}
+
+namespace {
+
+/// ContentAffinity's features for query (user, item, time), from its
+/// definition: the ridge fit on the user's first p views before `time`.
+std::pair<double, double> affinity_by_definition(const Views& v, const torch::Tensor& content,
+                                                 const torch::Tensor& duration, double ridge, int64_t first_fit,
+                                                 int64_t user, int64_t item, int64_t time) {
+  const int64_t n = v.users.numel(), d = content.size(1);
+  const auto c = content.to(torch::kFloat64);
+  const auto centred = c - c.index_select(0, v.items).mean(0);
+  std::vector<int64_t> rows;
+  for (int64_t r = 0; r < n; ++r)
+    if (v.users[r].item<int64_t>() == user) rows.push_back(r);
+  const auto views = static_cast<int64_t>(rows.size());
+  int64_t before = 0;
+  while (before < views && rows[static_cast<size_t>(before)] < time) ++before;
+  if (views < first_fit || before < first_fit) return {0.0, 0.0};
+  int64_t used = views;
+  if (before < views) {
+    used = first_fit;
+    while (used * 2 <= before) used *= 2;
+  }
+  auto x = torch::ones({used, d + 1}, torch::kFloat64);
+  auto y = torch::empty({used}, torch::kFloat64);
+  for (int64_t j = 0; j < used; ++j) {
+    const int64_t r = rows[static_cast<size_t>(j)], i = v.items[r].item<int64_t>();
+    x[j].narrow(0, 0, d).copy_(centred[i]);
+    y[j] = std::log1p(v.timespent[r].item<double>()) - std::log1p(duration[i].item<double>());
+  }
+  auto penalty = torch::full({d + 1}, ridge, torch::kFloat64);
+  penalty[d] = 0;
+  const auto w = at::linalg_solve(x.t().mm(x) + torch::diag(penalty), x.t().mv(y));
+  return {w.narrow(0, 0, d).dot(centred[item]).item<double>(), std::log1p(static_cast<double>(used))};
+}
+
+} // namespace
+
+TEST_CASE("ContentAffinity: each query reads the ridge fit on the views before it, by brute force",
+          "[history][affinity]") {
+  auto v = random_views(300, 4, 10, 21);
+  const auto content = torch::randn({10, 3});
+  auto duration = torch::rand({10}) * 20;
+  duration[3] = 0;  // unknown duration: the response is log1p(timespent)
+  const ContentAffinity affinity(v.users, v.items, v.timespent, content, duration, 4,
+                                 ContentAffinityOptions().ridge(2).first_fit(4));
+  CHECK(affinity.num_rows() == 300);
+  CHECK(affinity.dim() == 3);
+  std::vector<int64_t> users, items, times;
+  for (int64_t user = 0; user < 4; ++user)
+    for (int64_t time : {0, 5, 17, 40, 99, 150, 299, 300, 1000})
+      for (int64_t item : {0, 3, 9}) {
+        users.push_back(user);
+        items.push_back(item);
+        times.push_back(time);
+      }
+  users.push_back(-1);  // unknown user: zeros
+  items.push_back(2);
+  times.push_back(300);
+  const auto got = affinity.features(torch::tensor(users), torch::tensor(items), torch::tensor(times));
+  REQUIRE(got.sizes() == torch::IntArrayRef({static_cast<int64_t>(users.size()), ContentAffinity::kWidth}));
+  int64_t fitted = 0;
+  for (size_t q = 0; q + 1 < users.size(); ++q) {
+    INFO("query " << q << ": user " << users[q] << ", item " << items[q] << ", time " << times[q]);
+    const auto [value, used] = affinity_by_definition(v, content, duration, 2, 4, users[q], items[q], times[q]);
+    CHECK(got[static_cast<int64_t>(q)][0].item<double>() == Approx(value).margin(1e-4));
+    CHECK(got[static_cast<int64_t>(q)][1].item<double>() == Approx(used).margin(1e-6));
+    fitted += used > 0;
+  }
+  CHECK(fitted > static_cast<int64_t>(users.size()) / 2);  // most queries have a fit: the check compares values
+  CHECK((got[static_cast<int64_t>(users.size()) - 1] == 0).all().item<bool>());
+
+  // Bad input names what was wrong.
+  CHECK_THROWS_WITH(ContentAffinity(v.users, v.items, v.timespent, torch::zeros({10, 0}), duration, 4),
+                    Catch::Contains("content vectors"));
+  CHECK_THROWS_WITH(ContentAffinity(v.users, v.items, v.timespent, content, torch::zeros({9}), 4),
+                    Catch::Contains("duration must be [10]"));
+  auto bad = content.clone();
+  bad[1][1] = std::numeric_limits<float>::quiet_NaN();
+  CHECK_THROWS_WITH(ContentAffinity(v.users, v.items, v.timespent, bad, duration, 4), Catch::Contains("NaN"));
+  CHECK_THROWS_WITH(ContentAffinity(v.users, v.items, v.timespent, content, duration, 3),
+                    Catch::Contains("users must be in [0, 3)"));
+  CHECK_THROWS_WITH(ContentAffinity(v.users, v.items, v.timespent, content, duration, 4,
+                                    ContentAffinityOptions().ridge(0)),
+                    Catch::Contains("ridge"));
+  CHECK_THROWS_WITH(affinity.features(i64({0}), i64({10}), i64({5})), Catch::Contains("item 10"));
+}
+
+TEST_CASE("The content_affinity column never sees the row itself or a later one", "[history][affinity][leakage]") {
+  // A later view that reveals a row's label (a long watch of the row's own
+  // item, and of every later view) must not move the row's affinity.
+  auto v = random_views(400, 5, 12, 23);
+  const auto content = torch::randn({12, 4});
+  const auto duration = torch::rand({12}) * 10 + 1;
+  RecipeSettings s;
+  s.content_affinity = true;
+  auto column_of = [&](const Views& views, HistoryTime time) {
+    const auto affinity = std::make_shared<const ContentAffinity>(views.users, views.items, views.timespent, content,
+                                                                  duration, views.num_users);
+    BatchSpec spec;
+    spec.feature("user", views.users);
+    return with_history_columns(spec, s, nullptr, views.users, views.items, time, {}, affinity)
+        .gather(torch::arange(views.users.numel()).view({-1, 1}))
+        .features["content_affinity"];
+  };
+  const auto before = column_of(v, HistoryTime::Row);
+  const int64_t planted = 260;
+  auto changed = v;
+  changed.timespent = v.timespent.clone();
+  changed.timespent.narrow(0, planted, 400 - planted).fill_(1000);
+  const auto after = column_of(changed, HistoryTime::Row);
+  CHECK(torch::equal(before.narrow(0, 0, planted + 1), after.narrow(0, 0, planted + 1)));
+  CHECK(!torch::equal(before.narrow(0, planted + 1, 400 - planted - 1),
+                      after.narrow(0, planted + 1, 400 - planted - 1)));  // the column is live
+  // HistoryTime::All: every view, so the planted change shows for all rows.
+  CHECK(!torch::equal(column_of(v, HistoryTime::All), column_of(changed, HistoryTime::All)));
+  BatchSpec spec;
+  CHECK_THROWS_WITH(with_history_columns(spec, s, nullptr, v.users, v.items, HistoryTime::All),
+                    Catch::Contains("no ContentAffinity"));
 }

@@ -92,7 +92,7 @@ inline void print_candidate_gauc(const std::string& what, const rectrain::Datase
 /// after each epoch.
 inline std::pair<torch::Tensor, rectrain::ScoreScale> train_seed(
     rectrain::Dataset ds, const torch::Tensor& all_views, const std::shared_ptr<const rectrain::ViewHistory>& all_history,
-    const TrainRun& run, uint64_t seed, const std::string& data, std::vector<rectrain::EpochRecord>& records,
+    const std::shared_ptr<const rectrain::ContentAffinity>& all_affinity, const TrainRun& run, uint64_t seed, const std::string& data, std::vector<rectrain::EpochRecord>& records,
     int64_t& epoch_budget) {
   using namespace rectrain;
   const auto dir = run_directory(run.out);
@@ -171,16 +171,19 @@ inline std::pair<torch::Tensor, rectrain::ScoreScale> train_seed(
   const auto history = cfg.uses_history()
       ? std::make_shared<const ViewHistory>(train, history_options(cfg))
       : nullptr;
+  const auto affinity = cfg.content_affinity ? std::make_shared<const ContentAffinity>(train, affinity_options(cfg))
+                                             : nullptr;
   BatchPipeline pipeline(
       with_history_columns(with_recipe_columns(standard_batch_spec(train), cfg, train_views, train.interactions["item"]),
-                           cfg, history, train.interactions["user"], train.interactions["item"], HistoryTime::Row),
+                           cfg, history, train.interactions["user"], train.interactions["item"], HistoryTime::Row, {},
+                           affinity),
       batches, BatchPipelineOptions().device(device).workers(run.workers));
   ScoreOptions scoring;
   scoring.device(device);
   if (cfg.bf16) scoring.autocast(at::kBFloat16);
   const auto valid_spec = with_history_columns(
       with_recipe_columns(standard_batch_spec(split.valid), cfg, train_views, split.valid.interactions["item"]), cfg,
-      history, split.valid.interactions["user"], split.valid.interactions["item"], HistoryTime::All);
+      history, split.valid.interactions["user"], split.valid.interactions["item"], HistoryTime::All, {}, affinity);
   // Each rank scores its share of the validation groups; every rank gets
   // all the scores, so GAUC is over all held-out users everywhere.
   const auto valid_scores = [&] {
@@ -247,9 +250,10 @@ inline std::pair<torch::Tensor, rectrain::ScoreScale> train_seed(
   const RecipeModelFile file{cfg, signals, train.embedding_dim(), data, Vocabulary::of(train),
                              ScoreScale::of(valid_scores())};
   if (run.lead()) file.save(dir.seed_file("model", seed), model);
-  if (!run.group) return {file.score_candidates(model, train, all_views, scoring, all_history), file.scale};
+  if (!run.group) return {file.score_candidates(model, train, all_views, scoring, all_history, all_affinity), file.scale};
   return {compute_sharded(*run.group, train.candidates.num_rows(), [&](int64_t first, int64_t count) {
-            return file.score_candidate_rows(model, train, all_views, first, count, scoring, all_history);
+            return file.score_candidate_rows(model, train, all_views, first, count, scoring, all_history,
+                                             all_affinity);
           }, "candidate scores"),
           file.scale};
 }
@@ -319,6 +323,12 @@ inline int run_train(const TrainRun& run) {
   const auto all_history = resolved.config.uses_history()
       ? std::make_shared<const ViewHistory>(loaded, history_options(resolved.config))
       : nullptr;
+  if (resolved.config.content_affinity && loaded.embedding_dim() == 0)
+    throw Error(run.data + ": --content-affinity fits users on the items' content vectors, but its items have none "
+                "(no emb_* columns)");
+  const auto all_affinity = resolved.config.content_affinity
+      ? std::make_shared<const ContentAffinity>(loaded, affinity_options(resolved.config))
+      : nullptr;
   // The end needs ids and candidates, not the interactions: each seed takes
   // the loaded set and shrinks it, and later seeds load it again.
   Dataset meta = loaded;
@@ -331,7 +341,7 @@ inline int run_train(const TrainRun& run) {
       throw Error(run.data + " changed while this run used it (read again for seed " + std::to_string(run.seeds[k]) +
                   "):\n" + changed + "rerun once nothing writes to it");
     auto [seed_scores, scale] =
-        train_seed(std::move(ds), all_views, all_history, resolved, run.seeds[k], data, records, epoch_budget);
+        train_seed(std::move(ds), all_views, all_history, all_affinity, resolved, run.seeds[k], data, records, epoch_budget);
     if (!seed_scores.defined()) {
       say("train: stopped after %lld epochs (--stop-after); continue with --resume\n", run.stop_after);
       return 0;

@@ -31,6 +31,7 @@
 #include <rectrain/data/batch_sampler.hpp>
 #include <rectrain/data/batch_spec.hpp>
 #include <rectrain/data/challenge_schema.hpp>
+#include <rectrain/data/content_affinity.hpp>
 #include <rectrain/data/csv.hpp>
 #include <rectrain/data/dataset.hpp>
 #include <rectrain/data/dataset_fingerprint.hpp>

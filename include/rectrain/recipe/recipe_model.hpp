@@ -14,6 +14,7 @@
 #include <rectrain/core/parse.hpp>
 #include <rectrain/data/batch_spec.hpp>
 #include <rectrain/data/challenge_schema.hpp>
+#include <rectrain/data/content_affinity.hpp>
 #include <rectrain/data/dataset.hpp>
 #include <rectrain/data/view_history.hpp>
 #include <rectrain/data/vocabulary.hpp>
@@ -77,6 +78,7 @@ inline Ranker build_recipe_ranker(const RecipeShape& shape, const RecipeSettings
                                             .sparse(s.table_update != "adam")
                                             .query(s.history_similarity)));
   if (s.statistics) user->add("user_statistics", DenseFeature(ViewHistory::kStatistics));
+  if (s.content_affinity) user->add("content_affinity", DenseFeature(ContentAffinity::kWidth));
   item->add("item", id_table(shape.items, s.item_factors));
   if (s.source_factors > 0) item->add("source", id_table(shape.sources, s.source_factors));
   item->add("duration", duration);
@@ -125,15 +127,30 @@ enum class HistoryTime : uint8_t {
   All,  ///< every view the history knows (held-out rows, candidates)
 };
 
+/// The ContentAffinity options of a recipe's settings.
+inline ContentAffinityOptions affinity_options(const RecipeSettings&) { return ContentAffinityOptions(); }
+
 /// `spec` plus the columns of the history features that are on: "history"
-/// (ViewHistory::windows), "user_statistics" and "item_statistics", for
-/// rows whose users and items (indices into `history`'s data) are given,
-/// computed per batch. `item_map` (optional): history item index -> the
-/// model's item index (-1: the model never saw it).
+/// (ViewHistory::windows), "user_statistics" and "item_statistics" from
+/// `history`, "content_affinity" from `affinity`, for rows whose users and
+/// items (indices into their data) are given, computed per batch.
+/// `item_map` (optional): history item index -> the model's item index
+/// (-1: the model never saw it).
 inline BatchSpec with_history_columns(BatchSpec spec, const RecipeSettings& s,
                                       const std::shared_ptr<const ViewHistory>& history, const torch::Tensor& users,
                                       const torch::Tensor& items, HistoryTime time,
-                                      const torch::Tensor& item_map = {}) {
+                                      const torch::Tensor& item_map = {},
+                                      const std::shared_ptr<const ContentAffinity>& affinity = {}) {
+  if (s.content_affinity) {
+    if (!affinity)
+      throw Error("with_history_columns: the settings use content_affinity, but no ContentAffinity is given");
+    const int64_t all = affinity->num_rows();
+    spec.computed_feature("content_affinity", [affinity, users, items, time, all](const torch::Tensor& rows) {
+      const auto r = rows.to(users.device());
+      const auto t = time == HistoryTime::Row ? rows.to(torch::kCPU) : torch::full({rows.numel()}, all, torch::kInt64);
+      return affinity->features(users.index_select(0, r), items.index_select(0, r.to(items.device())), t);
+    });
+  }
   if (!s.uses_history()) return spec;
   if (!history) throw Error("with_history_columns: the settings use history features, but no ViewHistory is given");
   const int64_t all = history->num_rows();
@@ -212,8 +229,10 @@ struct RecipeModelFile {
   /// known then, for a model with history features, built from ds when not
   /// given), raw ids mapped through the model's vocabulary.
   torch::Tensor score_candidates(Ranker& model, const Dataset& ds, const torch::Tensor& views,
-                                 ScoreOptions options = {}, std::shared_ptr<const ViewHistory> history = {}) const {
-    return score_candidate_rows(model, ds, views, 0, ds.candidates.num_rows(), std::move(options), std::move(history));
+                                 ScoreOptions options = {}, std::shared_ptr<const ViewHistory> history = {},
+                                 std::shared_ptr<const ContentAffinity> affinity = {}) const {
+    return score_candidate_rows(model, ds, views, 0, ds.candidates.num_rows(), std::move(options), std::move(history),
+                                std::move(affinity));
   }
 
   /// The ViewHistory a model with history features reads, over `ds`'s
@@ -224,11 +243,19 @@ struct RecipeModelFile {
         ds, history_options(settings));
   }
 
+  /// The ContentAffinity a model with that feature reads, over `ds`'s
+  /// interactions (null when it has none).
+  std::shared_ptr<const ContentAffinity> affinity_of(const Dataset& ds) const {
+    if (!settings.content_affinity) return nullptr;
+    return std::make_shared<const ContentAffinity>(ds, affinity_options(settings));
+  }
+
   /// score_candidates for candidate rows [first, first + count) only (one
   /// rank's share, say).
   torch::Tensor score_candidate_rows(Ranker& model, const Dataset& ds, const torch::Tensor& views, int64_t first,
                                      int64_t count, ScoreOptions options = {},
-                                     std::shared_ptr<const ViewHistory> history = {}) const {
+                                     std::shared_ptr<const ViewHistory> history = {},
+                                     std::shared_ptr<const ContentAffinity> affinity = {}) const {
     if (first < 0 || count < 0 || first + count > ds.candidates.num_rows())
       throw Error(detail::concat("RecipeModelFile: candidate rows [", first, ", ", first + count, ") are not within the ",
                                  ds.candidates.num_rows(), " candidates"));
@@ -237,6 +264,11 @@ struct RecipeModelFile {
                                  "items have ", ds.embedding_dim(), "; score data with the training data's columns"));
     if (settings.bf16 && !options.autocast()) options.autocast(at::kBFloat16);
     auto spec = with_recipe_columns(candidate_batch_spec(ds, vocabulary), settings, views, ds.candidates["item"]);
+    if (settings.content_affinity && !affinity) affinity = affinity_of(ds);
+    if (affinity && (affinity->num_users() != ds.num_users() || affinity->num_items() != ds.num_items()))
+      throw Error(detail::concat("RecipeModelFile: the ContentAffinity given has ", affinity->num_users(), " users and ",
+                                 affinity->num_items(), " items, the dataset scored ", ds.num_users(), " and ",
+                                 ds.num_items()));
     if (settings.uses_history()) {
       if (!history) history = history_of(ds);
       if (history->num_users() != ds.num_users() || history->num_items() != ds.num_items())
@@ -244,7 +276,10 @@ struct RecipeModelFile {
                                    history->num_items(), " items, the dataset scored ", ds.num_users(), " and ",
                                    ds.num_items()));
       spec = with_history_columns(std::move(spec), settings, history, ds.candidates["user"], ds.candidates["item"],
-                                  HistoryTime::All, vocabulary.items.encode(ds.item_ids.raw_ids()));
+                                  HistoryTime::All, vocabulary.items.encode(ds.item_ids.raw_ids()), affinity);
+    } else if (settings.content_affinity) {
+      spec = with_history_columns(std::move(spec), settings, nullptr, ds.candidates["user"], ds.candidates["item"],
+                                  HistoryTime::All, {}, affinity);
     }
     return score_groups(model, spec, torch::arange(first, first + count).view({-1, 1}), options).view(-1);
   }

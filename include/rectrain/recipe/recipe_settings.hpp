@@ -39,6 +39,7 @@ struct RecipeSettings {
   int64_t history = 0;   ///< window of ViewHistory (0: no history feature)
   bool history_similarity = false;
   bool statistics = false;
+  bool content_affinity = false;
   int64_t item_folds = 0;
   double long_watch = -1;  ///< ViewHistory's long-watch threshold (-1: from the data)
   int64_t cross_layers = 0, experts = 0, task_experts = 0;
@@ -88,6 +89,10 @@ struct RecipeSettings {
     s.add("statistics", statistics,
           "Per-row user and item statistics from strictly earlier views: views and smoothed rates of each reaction class")
         .absent("0");
+    s.add("content_affinity", content_affinity,
+          "Per-row fit of the user's watch ratio on the items' content vectors (strictly earlier views), "
+          "applied to the row's item (ContentAffinity)")
+        .absent("0");
     s.add("item_folds", item_folds,
           "Item statistics of training rows out of fold over this many user folds (0: from strictly earlier views)")
         .at_least(0).at_most(1000).absent("0").note("0: strictly earlier views");
@@ -121,6 +126,9 @@ struct RecipeSettings {
   int64_t epochs() const { return frozen_epochs + unfrozen_epochs; }
   /// Whether rows need a ViewHistory (history or statistics features).
   bool uses_history() const { return history > 0 || statistics; }
+  /// Whether rows need any per-row history column (a ViewHistory's or
+  /// ContentAffinity's).
+  bool uses_history_columns() const { return uses_history() || content_affinity; }
   Normalization mlp_normalization() const {
     if (normalization == "batchnorm") return Normalization::BatchNorm;
     return normalization == "none" ? Normalization::None : Normalization::LayerNorm;
