@@ -9,7 +9,9 @@
 #
 # Presets (all when none is named): recipe (the defaults), history
 # (--history 16 --history-similarity), statistics (--statistics), cross
-# (--cross-layers 2), experts (--experts 4), history+statistics.
+# (--cross-layers 2), experts (--experts 4), history+statistics, content
+# (--content-affinity) and history+content; the content presets are skipped
+# on data without content vectors.
 # EXTRA="--seeds 4,5,6" adds flags to every run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -28,9 +30,11 @@ declare -A presets=(
   [cross]="--cross-layers 2"
   [experts]="--experts 4"
   [history+statistics]="--history 16 --history-similarity --statistics"
+  [content]="--content-affinity"
+  [history+content]="--history 16 --history-similarity --content-affinity"
 )
 names=("$@")
-[ ${#names[@]} -gt 0 ] || names=(recipe history statistics cross experts history+statistics)
+[ ${#names[@]} -gt 0 ] || names=(recipe history statistics cross experts history+statistics content history+content)
 for name in "${names[@]}"; do
   [ -n "${presets[$name]+set}" ] || { echo "sweep: unknown preset '$name' (known: ${!presets[*]})" >&2; exit 2; }
 done
@@ -47,7 +51,14 @@ for name in "${names[@]}"; do
   dir="$out/$name"
   # shellcheck disable=SC2086  # the preset's flags are words
   "$vk" --threads "$threads" train --data "$data" --out "$dir" --overwrite ${presets[$name]} ${EXTRA:-} \
-    >"$dir.log" 2>/dev/null || { echo "sweep: preset $name failed; see $dir.log" >&2; exit 1; }
+    >"$dir.log" 2>"$dir.err" || {
+    if [[ "${presets[$name]}" == *--content-affinity* ]] && grep -q "content vectors" "$dir.err"; then
+      printf '%-20s %-12s %-12s %s\n' "$name" "-" "-" "skipped: the data has no content vectors"
+      continue
+    fi
+    echo "sweep: preset $name failed; see $dir.log and $dir.err" >&2
+    exit 1
+  }
   # The last record of each seed holds its final validation GAUC.
   valid=$(awk -F'"valid_gauc":' 'NF > 1 {split($1, a, "\"seed\":"); split(a[2], b, ","); split($2, c, ","); last[b[1]] = c[1]}
     END {n = 0; s = 0; for (k in last) {s += last[k]; n++}; if (n) printf "%.6f", s / n}' "$dir/metrics.jsonl")

@@ -326,9 +326,13 @@ inline int run_train(const TrainRun& run) {
   if (resolved.config.content_affinity && loaded.embedding_dim() == 0)
     throw Error(run.data + ": --content-affinity fits users on the items' content vectors, but its items have none "
                 "(no emb_* columns)");
-  const auto all_affinity = resolved.config.content_affinity
-      ? std::make_shared<const ContentAffinity>(loaded, affinity_options(resolved.config))
-      : nullptr;
+  std::shared_ptr<const ContentAffinity> all_affinity;
+  if (resolved.config.content_affinity) {
+    const Stopwatch fit_time;
+    all_affinity = std::make_shared<const ContentAffinity>(loaded, affinity_options(resolved.config));
+    say("content affinity: %lld users fitted on %lld-wide content vectors in %.1f s\n", loaded.num_users(),
+        all_affinity->dim(), fit_time.seconds());
+  }
   // The end needs ids and candidates, not the interactions: each seed takes
   // the loaded set and shrinks it, and later seeds load it again.
   Dataset meta = loaded;
