@@ -69,4 +69,5 @@ for name in "${names[@]}"; do
     best=$name best_valid=$valid
   fi
 done
+[ -n "$best" ] || { echo "sweep: no preset could run on $data" >&2; exit 1; }
 echo "sweep: best by validation GAUC: $best ($best_valid); its predictions: $out/$best/predictions.csv"
