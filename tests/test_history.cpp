@@ -531,6 +531,11 @@ TEST_CASE("ContentAffinity: each query reads the ridge fit on the views before i
         items.push_back(item);
         times.push_back(time);
       }
+  for (int64_t r = 0; r < 300; ++r) {  // every training row, as the recipe asks: time = the row itself
+    users.push_back(v.users[r].item<int64_t>());
+    items.push_back(v.items[r].item<int64_t>());
+    times.push_back(r);
+  }
   users.push_back(-1);  // unknown user: zeros
   items.push_back(2);
   times.push_back(300);

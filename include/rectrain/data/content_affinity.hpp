@@ -94,7 +94,10 @@ class ContentAffinity {
     if (!torch::isfinite(c64).all().item<bool>()) throw TensorError("ContentAffinity: content has NaN or Inf entries");
     // Centred by the mean over views, so the intercept is the user's mean
     // response and the weights only carry preferences between items.
-    mean_ = n > 0 ? c64.index_select(0, it).mean(0) : torch::zeros({dim_}, torch::kFloat64);
+    // (Weighted by each item's views, not gathered per view: [N, D] would
+    // be 36 GB at the challenge's scale.)
+    const auto item_views = torch::bincount(it, {}, num_items).to(torch::kFloat64);
+    mean_ = n > 0 ? item_views.matmul(c64) / static_cast<double>(n) : torch::zeros({dim_}, torch::kFloat64);
     content_ = (c64 - mean_).to(torch::kFloat32).contiguous();
     const auto response =
         (timespent.to(torch::kFloat64).clamp_min(0).log1p() -
