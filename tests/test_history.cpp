@@ -104,8 +104,12 @@ TEST_CASE("ViewHistory: windows and counts are the views strictly before the tim
   CHECK_THROWS_WITH(h.windows(i64({1, 2}), i64({0})), Catch::Contains("times must be [2] integers"));
   CHECK_THROWS_WITH(ViewHistory(v.users, v.items.narrow(0, 0, 10), v.like, v.dislike, v.timespent, 7, 40),
                     Catch::Contains("items must be [600]"));
+  const int64_t first_bad = (v.items >= 30).nonzero()[0][0].item<int64_t>();
   CHECK_THROWS_WITH(ViewHistory(v.users, v.items, v.like, v.dislike, v.timespent, 7, 30),
-                    Catch::Contains("items must be in [0, 30)"));
+                    Catch::Contains(rectrain::detail::concat("items must be in [0, 30), got ",
+                                                             v.items[first_bad].item<int64_t>(), " at row ", first_bad)));
+  CHECK_THROWS_WITH(ViewHistory(v.users.to(torch::kFloat32), v.items, v.like, v.dislike, v.timespent, 7, 40),
+                    Catch::Contains("users must be [N] integer indices"));
 }
 
 TEST_CASE("History and statistics columns never see the row itself or a later one", "[history][leakage]") {
@@ -561,7 +565,17 @@ TEST_CASE("ContentAffinity: each query reads the ridge fit on the views before i
   bad[1][1] = std::numeric_limits<float>::quiet_NaN();
   CHECK_THROWS_WITH(ContentAffinity(v.users, v.items, v.timespent, bad, duration, 4), Catch::Contains("NaN"));
   CHECK_THROWS_WITH(ContentAffinity(v.users, v.items, v.timespent, content, duration, 3),
-                    Catch::Contains("users must be in [0, 3)"));
+                    Catch::Contains("users must be in [0, 3), got 3 at row"));
+  auto bad_watch = v.timespent.clone();
+  bad_watch[7] = std::numeric_limits<float>::infinity();
+  CHECK_THROWS_WITH(ContentAffinity(v.users, v.items, bad_watch, content, duration, 4),
+                    Catch::Contains("timespent or duration has NaN or Inf"));
+  CHECK_THROWS_WITH(ContentAffinity(v.users, v.items, v.timespent.narrow(0, 0, 5), content, duration, 4),
+                    Catch::Contains("timespent must be [300]"));
+  // Double watch times give the same fits as the float ones they hold.
+  const ContentAffinity from_double(v.users, v.items, v.timespent.to(torch::kFloat64), content, duration, 4,
+                                    ContentAffinityOptions().ridge(2).first_fit(4));
+  CHECK(torch::equal(from_double.features(torch::tensor(users), torch::tensor(items), torch::tensor(times)), got));
   CHECK_THROWS_WITH(ContentAffinity(v.users, v.items, v.timespent, content, duration, 4,
                                     ContentAffinityOptions().ridge(0)),
                     Catch::Contains("ridge"));

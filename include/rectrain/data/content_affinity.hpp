@@ -20,12 +20,14 @@
 
 #include <rectrain/core/error.hpp>
 #include <rectrain/data/dataset.hpp>
+#include <rectrain/data/view_rows.hpp>
 
 #include <ATen/Parallel.h>
 #include <Eigen/Cholesky>
 #include <Eigen/Core>
 #include <torch/torch.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <limits>
@@ -65,31 +67,23 @@ class ContentAffinity {
       throw Error(detail::concat("ContentAffinity: ridge must be finite and > 0, got ", options_.ridge()));
     if (options_.first_fit() < 1)
       throw Error(detail::concat("ContentAffinity: first_fit must be >= 1, got ", options_.first_fit()));
-    if (num_users < 0) throw Error(detail::concat("ContentAffinity: num_users must be >= 0, got ", num_users));
     if (!content.defined() || content.dim() != 2 || content.size(1) < 1)
       throw TensorError(detail::concat("ContentAffinity: content must be [items, D >= 1], got ",
                                        detail::shape_of(content), " (the data has no content vectors?)"));
-    const int64_t n = users.numel(), num_items = content.size(0);
+    const int64_t num_items = content.size(0);
+    const auto checked = detail::checked_view_indices("ContentAffinity", users, items, num_users, num_items);
+    const torch::Tensor &u = checked.users, &it = checked.items;
+    const int64_t n = u.numel();
     dim_ = content.size(1);
-    for (const auto& [name, t] :
-         {std::pair<const char*, const torch::Tensor*>{"items", &items}, {"timespent", &timespent}})
-      if (t->dim() != 1 || t->numel() != n)
-        throw TensorError(detail::concat("ContentAffinity: ", name, " must be [", n, "] like users, got ",
-                                         detail::shape_of(*t)));
+    if (!timespent.defined() || timespent.dim() != 1 || timespent.numel() != n)
+      throw TensorError(detail::concat("ContentAffinity: timespent must be [", n, "] like users, got ",
+                                       detail::shape_of(timespent)));
     if (!duration.defined() || duration.dim() != 1 || duration.numel() != num_items)
       throw TensorError(detail::concat("ContentAffinity: duration must be [", num_items, "] like content's rows, got ",
                                        detail::shape_of(duration)));
-    if (n >= std::numeric_limits<int32_t>::max())
-      throw Error(detail::concat("ContentAffinity: ", n, " views; at most 2^31 - 2 are supported"));
+    if (!torch::isfinite(timespent).all().item<bool>() || !torch::isfinite(duration).all().item<bool>())
+      throw TensorError("ContentAffinity: timespent or duration has NaN or Inf entries");
     num_rows_ = n;
-    const auto u = users.to(torch::kInt64).contiguous();
-    const auto it = items.to(torch::kInt64).contiguous();
-    if (n > 0) {
-      if (u.min().item<int64_t>() < 0 || u.max().item<int64_t>() >= num_users)
-        throw TensorError(detail::concat("ContentAffinity: users must be in [0, ", num_users, ")"));
-      if (it.min().item<int64_t>() < 0 || it.max().item<int64_t>() >= num_items)
-        throw TensorError(detail::concat("ContentAffinity: items must be in [0, ", num_items, ")"));
-    }
     const auto c64 = content.to(torch::kFloat64);
     if (!torch::isfinite(c64).all().item<bool>()) throw TensorError("ContentAffinity: content has NaN or Inf entries");
     // Centred by the mean over views, so the intercept is the user's mean
@@ -97,32 +91,25 @@ class ContentAffinity {
     // (Weighted by each item's views, not gathered per view: [N, D] would
     // be 36 GB at the challenge's scale.)
     const auto item_views = torch::bincount(it, {}, num_items).to(torch::kFloat64);
-    mean_ = n > 0 ? item_views.matmul(c64) / static_cast<double>(n) : torch::zeros({dim_}, torch::kFloat64);
-    content_ = (c64 - mean_).to(torch::kFloat32).contiguous();
-    const auto response =
-        (timespent.to(torch::kFloat64).clamp_min(0).log1p() -
-         duration.to(torch::kFloat64).clamp_min(0).log1p().index_select(0, it))
-            .contiguous();
-    if (!torch::isfinite(response).all().item<bool>())
-      throw TensorError("ContentAffinity: timespent or duration has NaN or Inf entries");
+    const auto mean = n > 0 ? item_views.matmul(c64) / static_cast<double>(n) : torch::zeros({dim_}, torch::kFloat64);
+    content_ = (c64 - mean).to(torch::kFloat32).contiguous();
+    // The response log1p(timespent) - log1p(duration) is formed per view
+    // in the fit, not as [N] doubles (1 GB each at the challenge's scale).
+    const auto log_duration = duration.to(torch::kFloat64).clamp_min(0).log1p().contiguous();
+    const auto watch = timespent.scalar_type() == torch::kFloat64 ? timespent.contiguous()
+                                                                   : timespent.to(torch::kFloat32).contiguous();
+    const double* watch64 = watch.scalar_type() == torch::kFloat64 ? watch.data_ptr<double>() : nullptr;
+    const float* watch32 = watch64 ? nullptr : watch.data_ptr<float>();
+    const double* dp = log_duration.data_ptr<double>();
 
-    // Each user's rows in row order (stable counting sort).
     const int64_t* up = u.data_ptr<int64_t>();
-    user_offsets_.assign(static_cast<size_t>(num_users + 1), 0);
-    for (int64_t r = 0; r < n; ++r) ++user_offsets_[static_cast<size_t>(up[r] + 1)];
-    for (size_t k = 1; k < user_offsets_.size(); ++k) user_offsets_[k] += user_offsets_[k - 1];
-    {
-      std::vector<int64_t> next(user_offsets_.begin(), user_offsets_.end() - 1);
-      user_rows_.resize(static_cast<size_t>(n));
-      for (int64_t r = 0; r < n; ++r) user_rows_[static_cast<size_t>(next[static_cast<size_t>(up[r])]++)] = static_cast<int32_t>(r);
-    }
+    detail::group_rows_by_key(n, num_users, [up](int64_t r) { return up[r]; }, user_offsets_, user_rows_);
     fit_offsets_.assign(static_cast<size_t>(num_users + 1), 0);
     for (int64_t user = 0; user < num_users; ++user)
       fit_offsets_[static_cast<size_t>(user + 1)] = fit_offsets_[static_cast<size_t>(user)] + fits_of(views_of(user));
     weights_.assign(static_cast<size_t>(fit_offsets_.back() * dim_), 0.0f);
 
     const int64_t* ip = it.data_ptr<int64_t>();
-    const double* yp = response.data_ptr<double>();
     const float* cp = content_.data_ptr<float>();
     const int64_t d1 = dim_ + 1;  // the content weights and the intercept
     at::parallel_for(0, num_users, 16, [&](int64_t begin, int64_t end) {
@@ -143,7 +130,8 @@ class ContentAffinity {
             const float* c = cp + ip[r] * dim_;
             for (int64_t f = 0; f < dim_; ++f) x(j - done, f) = c[f];
             x(j - done, dim_) = 1.0;
-            y(j - done) = yp[r];
+            const double spent = watch64 ? watch64[r] : static_cast<double>(watch32[r]);
+            y(j - done) = std::log1p(std::max(spent, 0.0)) - dp[ip[r]];
           }
           gram.noalias() += x.transpose() * x;
           moment.noalias() += x.transpose() * y;
@@ -238,7 +226,6 @@ class ContentAffinity {
 
   ContentAffinityOptions options_;
   int64_t num_rows_ = 0, num_users_ = 0, dim_ = 0;
-  torch::Tensor mean_ = torch::zeros({0}, torch::kFloat64);
   torch::Tensor content_ = torch::zeros({0, 0}, torch::kFloat32);  ///< centred content vectors
   std::vector<int64_t> user_offsets_, fit_offsets_;
   std::vector<int32_t> user_rows_;  ///< each user's rows, in row order

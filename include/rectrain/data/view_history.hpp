@@ -24,6 +24,7 @@
 #include <rectrain/core/error.hpp>
 #include <rectrain/core/random.hpp>
 #include <rectrain/data/dataset.hpp>
+#include <rectrain/data/view_rows.hpp>
 
 #include <ATen/Parallel.h>
 #include <torch/torch.h>
@@ -94,23 +95,15 @@ class ViewHistory {
     if (std::isnan(options_.long_watch())) throw Error("ViewHistory: long_watch is NaN");
     if (options_.item_folds() < 0 || options_.item_folds() == 1)
       throw Error(detail::concat("ViewHistory: item_folds must be 0 or >= 2, got ", options_.item_folds()));
-    const int64_t n = users.numel();
-    for (const auto& [name, t] : {std::pair<const char*, const torch::Tensor*>{"items", &items}, {"like", &like},
-                                  {"dislike", &dislike}, {"timespent", &timespent}})
-      if (t->dim() != 1 || t->numel() != n)
+    const auto checked = detail::checked_view_indices("ViewHistory", users, items, num_users, num_items);
+    const torch::Tensor &u = checked.users, &it = checked.items;
+    const int64_t n = u.numel();
+    for (const auto& [name, t] : {std::pair<const char*, const torch::Tensor*>{"like", &like}, {"dislike", &dislike},
+                                  {"timespent", &timespent}})
+      if (!t->defined() || t->dim() != 1 || t->numel() != n)
         throw TensorError(detail::concat("ViewHistory: ", name, " must be [", n, "] like users, got ",
                                          detail::shape_of(*t)));
-    if (n >= std::numeric_limits<int32_t>::max())
-      throw Error(detail::concat("ViewHistory: ", n, " views; at most 2^31 - 2 are supported"));
     num_rows_ = n;
-    const auto u = users.to(torch::kInt64).contiguous();
-    const auto it = items.to(torch::kInt64).contiguous();
-    if (n > 0) {
-      if (u.min().item<int64_t>() < 0 || u.max().item<int64_t>() >= num_users)
-        throw TensorError(detail::concat("ViewHistory: users must be in [0, ", num_users, ")"));
-      if (it.min().item<int64_t>() < 0 || it.max().item<int64_t>() >= num_items)
-        throw TensorError(detail::concat("ViewHistory: items must be in [0, ", num_items, ")"));
-    }
     const auto liked = like.to(torch::kBool), disliked = dislike.to(torch::kBool) & ~liked;
     const auto long_watch = ~liked & ~disliked & (timespent.to(torch::kFloat64) >= options_.long_watch());
     reactions_ = torch::full({n}, static_cast<int8_t>(Reaction::Other), torch::kInt8);
@@ -122,28 +115,21 @@ class ViewHistory {
     const int8_t* rp = reactions_.data_ptr<int8_t>();
     const auto watch = timespent.to(torch::kFloat64).clamp_min(0).log1p().contiguous();
     const double* wp = watch.data_ptr<double>();
-    // Counting sort by (key, class), stable: each segment stays in row order.
+    // Grouped by (key, class), stable: each segment stays in row order.
     auto bucket = [&](const int64_t* key, int64_t keys, std::vector<int64_t>& offsets, std::vector<int32_t>& rows,
                       std::vector<int32_t>* payload, std::vector<float>& watch_sums) {
-      offsets.assign(static_cast<size_t>(keys * kReactions + 1), 0);
-      for (int64_t r = 0; r < n; ++r) ++offsets[static_cast<size_t>(key[r] * kReactions + rp[r] + 1)];
-      for (size_t k = 1; k < offsets.size(); ++k) offsets[k] += offsets[k - 1];
-      std::vector<int64_t> next(offsets.begin(), offsets.end() - 1);
-      rows.resize(static_cast<size_t>(n));
-      if (payload) payload->resize(static_cast<size_t>(n));
-      std::vector<double> watch_of(static_cast<size_t>(n));
-      for (int64_t r = 0; r < n; ++r) {
-        const auto at = static_cast<size_t>(next[static_cast<size_t>(key[r] * kReactions + rp[r])]++);
-        rows[at] = static_cast<int32_t>(r);
-        watch_of[at] = wp[r];
-        if (payload) (*payload)[at] = static_cast<int32_t>(ip[r]);
+      detail::group_rows_by_key(
+          n, keys * kReactions, [key, rp](int64_t r) { return key[r] * kReactions + rp[r]; }, offsets, rows);
+      if (payload) {
+        payload->resize(static_cast<size_t>(n));
+        for (size_t at = 0; at < static_cast<size_t>(n); ++at) (*payload)[at] = static_cast<int32_t>(ip[rows[at]]);
       }
       // Running sums within each segment, in double, stored as float.
       watch_sums.resize(static_cast<size_t>(n));
       for (size_t s = 0; s + 1 < offsets.size(); ++s) {
         double sum = 0;
         for (auto j = offsets[s]; j < offsets[s + 1]; ++j) {
-          sum += watch_of[static_cast<size_t>(j)];
+          sum += wp[rows[static_cast<size_t>(j)]];
           watch_sums[static_cast<size_t>(j)] = static_cast<float>(sum);
         }
       }
