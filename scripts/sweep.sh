@@ -8,8 +8,9 @@
 #   bash scripts/sweep.sh ../shared/data/mlsmall out/sweep-mlsmall [preset ...]
 #
 # Presets (all when none is named): recipe (the defaults), history
-# (--history 16 --history-similarity), statistics (--statistics), cross
-# (--cross-layers 2), experts (--experts 4), history+statistics, content
+# (--history 16 --history-similarity), history+attention (the same with
+# --history-attention), statistics (--statistics), cross (--cross-layers
+# 2), experts (--experts 4), history+statistics, content
 # (--content-affinity) and history+content; the content presets are skipped
 # on data without content vectors.
 # EXTRA="--seeds 4,5,6" adds flags to every run.
@@ -26,6 +27,7 @@ shift 2
 declare -A presets=(
   [recipe]=""
   [history]="--history 16 --history-similarity"
+  [history+attention]="--history 16 --history-similarity --history-attention"
   [statistics]="--statistics"
   [cross]="--cross-layers 2"
   [experts]="--experts 4"
@@ -34,7 +36,7 @@ declare -A presets=(
   [history+content]="--history 16 --history-similarity --content-affinity"
 )
 names=("$@")
-[ ${#names[@]} -gt 0 ] || names=(recipe history statistics cross experts history+statistics content history+content)
+[ ${#names[@]} -gt 0 ] || names=(recipe history history+attention statistics cross experts history+statistics content history+content)
 for name in "${names[@]}"; do
   [ -n "${presets[$name]+set}" ] || { echo "sweep: unknown preset '$name' (known: ${!presets[*]})" >&2; exit 2; }
 done

@@ -304,12 +304,13 @@ TEST_CASE("rectrain-vk train with history, statistics and cross layers; predict 
   REQUIRE_THAT(vk_out("synth --scale 0.002 --seed 3 --out " + data), Catch::Contains("synth:"));
   const std::string flags = " --data " + data +
                             " --frozen-epochs 1 --unfrozen-epochs 1 --hidden 32,16 --seeds 1,2 --history 4 --history-similarity "
-                            "--statistics --item-folds 3 --cross-layers 1 --experts 2 --content-affinity";
+                            "--history-attention --statistics --item-folds 3 --cross-layers 1 --experts 2 --content-affinity";
   const auto run = vk_out("train" + flags + " --out " + dir.file("run"));
   INFO(run);
   REQUIRE_THAT(run, Catch::Contains("train: done") && Catch::Contains("ensemble: candidates GAUC"));
   const auto file = RecipeModelFile::read(dir.file("run/model-seed1.pt"));
   CHECK(file.settings.history == 4);
+  CHECK(file.settings.history_attention);
   CHECK(file.settings.statistics);
   CHECK(file.settings.content_affinity);
   CHECK(std::isfinite(file.settings.long_watch));
@@ -342,6 +343,60 @@ TEST_CASE("HistoryFeature with a query adds the candidate's mean and max similar
   CHECK(torch::allclose(out[1].narrow(0, 5, 2), (w[0] + w[3]) / 2));
   f(column).sum().backward();
   CHECK(f->weight.grad()[4].abs().sum().item<float>() > 0);  // the query's row learns too
+}
+
+TEST_CASE("HistoryFeature with attention pools each list by softmax(scale * item . query), as DIN", "[history][nn]") {
+  torch::manual_seed(5);
+  HistoryFeature f(HistoryFeatureOptions(6, 2).lists(2).window(3).query(true).attention(true).attention_scale(2));
+  CHECK(f->output_dim() == 2 * (2 + 3));
+  REQUIRE(f->attention_scale.sizes() == torch::IntArrayRef({2}));
+  {
+    torch::NoGradGuard no_grad;
+    f->attention_scale[1] = -0.5;  // each list its own scale
+  }
+  // Lists {1, 2} and {} ; query item 4. Then lists {5} and {0, 3, 0}; query -1.
+  const auto column = i64({1, 2, -1, -1, -1, -1, 4, -1, -1, 5, -1, -1, 0, 3, 0, -1, -1, -1}).view({2, 3, 3});
+  const auto out = f(column);
+  REQUIRE(out.sizes() == torch::IntArrayRef({2, 10}));
+  const auto w = f->weight.detach();
+  const auto q = w[4];
+  const auto s1 = (w[1] * q).sum(), s2 = (w[2] * q).sum();
+  const auto a = torch::softmax(torch::stack({s1, s2}) * 2, 0);
+  const auto expected = a[0] * w[1] + a[1] * w[2];
+  const auto got = out.detach();
+  CHECK(torch::allclose(got[0].narrow(0, 0, 2), expected, 1e-5, 1e-6));
+  CHECK(got[0][2].item<float>() == Approx(2.0 / 3));
+  CHECK(got[0][3].item<float>() == Approx((expected * q).sum().item<float>()).margin(1e-6));
+  CHECK(got[0][4].item<float>() == Approx(std::max(s1.item<float>(), s2.item<float>())).margin(1e-6));
+  CHECK((got[0].narrow(0, 5, 5) == 0).all().item<bool>());  // the empty list
+  // Without a query item every score is 0: the mean of the list, repeats counted.
+  CHECK(torch::allclose(got[1].narrow(0, 0, 2), w[5]));
+  CHECK(torch::allclose(got[1].narrow(0, 5, 2), (w[0] * 2 + w[3]) / 3, 1e-5, 1e-6));
+  CHECK((got[1].narrow(0, 3, 2) == 0).all().item<bool>());
+  CHECK((got[1].narrow(0, 8, 2) == 0).all().item<bool>());
+  // The gradient reaches every item of a list (not only the most similar),
+  // the query's row and the scales.
+  out.select(1, 0).sum().backward();
+  const auto grad = f->weight.grad();
+  CHECK(grad[1].abs().sum().item<float>() > 0);
+  CHECK(grad[2].abs().sum().item<float>() > 0);
+  CHECK(grad[4].abs().sum().item<float>() > 0);
+  CHECK(grad[3].abs().sum().item<float>() == 0);  // only in row 1's second list, not in column 0
+  CHECK(f->attention_scale.grad()[0].item<float>() != 0);
+  // Clone and save/load give the same outputs, the scales included.
+  auto cloned = std::dynamic_pointer_cast<HistoryFeatureImpl>(f->clone());
+  CHECK(torch::equal(cloned->forward(column), f(column).detach()));
+  TempDir dir;
+  torch::save(f, dir.file("a.pt"));
+  HistoryFeature loaded(HistoryFeatureOptions(6, 2).lists(2).window(3).query(true).attention(true));
+  torch::load(loaded, dir.file("a.pt"));
+  CHECK(torch::equal(loaded->attention_scale, f->attention_scale));
+  CHECK(torch::equal(loaded(column), f(column)));
+  CHECK_THROWS_WITH(HistoryFeature(HistoryFeatureOptions(6, 2).attention(true)), Catch::Contains("attention needs query(true)"));
+  RecipeSettings settings;
+  settings.history = 4;
+  settings.history_attention = true;
+  CHECK_THROWS_WITH(settings.validate(), Catch::Contains("--history-attention uses the candidate"));
 }
 
 TEST_CASE("ExpertGates: MMoE and PLE mix experts per task; Ranker with experts trains and clones", "[history][nn]") {
@@ -454,6 +509,16 @@ TEST_CASE("HistoryFeature, CrossNetwork, ExpertGates and ViewHistory columns on 
   out_gpu.pow(2).sum().backward();
   CHECK(history_gpu->weight.grad().is_sparse());
   CHECK(torch::allclose(history_gpu->weight.grad().to_dense().cpu(), history->weight.grad().to_dense(), 1e-3, 1e-5));
+  // With attention pooling: values and gradients, the scales' included.
+  HistoryFeature attend(HistoryFeatureOptions(30, 4).lists(4).window(5).query(true).attention(true).attention_scale(3));
+  auto attend_gpu = std::dynamic_pointer_cast<HistoryFeatureImpl>(attend->clone(cuda));
+  const auto attended = attend(column);
+  const auto attended_gpu = attend_gpu->forward(column.to(cuda));
+  CHECK(torch::allclose(attended_gpu.cpu(), attended, 1e-4, 1e-5));
+  attended.pow(2).sum().backward();
+  attended_gpu.pow(2).sum().backward();
+  CHECK(torch::allclose(attend_gpu->weight.grad().cpu(), attend->weight.grad(), 1e-3, 1e-5));
+  CHECK(torch::allclose(attend_gpu->attention_scale.grad().cpu(), attend->attention_scale.grad(), 1e-3, 1e-5));
   // CrossNetwork and ExpertGates.
   CrossNetwork cross(CrossNetworkOptions(6).layers(2).rank(3));
   auto cross_gpu = std::dynamic_pointer_cast<CrossNetworkImpl>(cross->clone(cuda));

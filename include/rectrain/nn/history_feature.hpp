@@ -14,12 +14,15 @@
 // own item (the candidate), and each list also gives the candidate's
 // similarity to it: the dot product with the list's mean and the largest
 // with any of its items (as DIN's attention and item-kNN do: "like the
-// things this user liked"), from the same table.
+// things this user liked"), from the same table. With attention (and
+// query), each list is pooled by a softmax over its items of a learned
+// scale times their dot product with the candidate, as DIN does.
 //
 // Mean pooling runs through embedding_bag over the valid entries only; the
 // largest similarity is found by a loop over the table's rows outside
 // autograd (CPU; one batched product on a device), then recomputed through
-// the winning item, so no [rows, R * W, dim] block is built.
+// the winning item, so no [rows, R * W, dim] block is built (attention
+// builds it: its gradient reaches every item of a list).
 
 #include <rectrain/core/error.hpp>
 #include <rectrain/nn/feature.hpp>
@@ -28,6 +31,7 @@
 #include <ATen/Parallel.h>
 #include <torch/torch.h>
 
+#include <cmath>
 #include <limits>
 
 namespace rectrain {
@@ -46,6 +50,13 @@ struct HistoryFeatureOptions {
   TORCH_ARG(bool, sparse) = false;
   /// The column's last list holds the row's item: add its similarities.
   TORCH_ARG(bool, query) = false;
+  /// With query: pool each list by attention with the row's item as the
+  /// query (DIN) instead of the mean: softmax over the list of
+  /// scale_c * (item . query), scale_c a learned number per list.
+  TORCH_ARG(bool, attention) = false;
+  /// The scales' start: unit-norm rows give dot products in [-1, 1], so 1
+  /// starts close to the mean and training sharpens it where it pays.
+  TORCH_ARG(double, attention_scale) = 1.0;
 };
 
 class HistoryFeatureImpl : public torch::nn::Cloneable<HistoryFeatureImpl>, public FeatureInterface {
@@ -57,7 +68,14 @@ class HistoryFeatureImpl : public torch::nn::Cloneable<HistoryFeatureImpl>, publ
       throw Error(detail::concat("HistoryFeature: need num_items, dim, lists and window >= 1, got ",
                                  options.num_items(), ", ", options.dim(), ", ", options.lists(), " and ",
                                  options.window()));
+    if (options.attention() && !options.query())
+      throw Error("HistoryFeature: attention needs query(true): the row's item is the attention's query");
+    if (options.attention() && !std::isfinite(options.attention_scale()))
+      throw Error(detail::concat("HistoryFeature: attention_scale must be finite, got ", options.attention_scale()));
     weight = register_parameter("weight", torch::empty({options.num_items(), options.dim()}));
+    if (options.attention())
+      attention_scale =
+          register_parameter("attention_scale", torch::full({options.lists()}, options.attention_scale()));
     torch::NoGradGuard no_grad;
     weight.normal_(0, options.init_std());
   }
@@ -87,29 +105,52 @@ class HistoryFeatureImpl : public torch::nn::Cloneable<HistoryFeatureImpl>, publ
     const auto ids = (options.query() ? all.narrow(1, 0, r) : all).reshape({-1, w});
     const auto valid = (ids >= 0) & (ids < options.num_items());
     const auto counts = valid.sum(1);
-    const auto offsets = counts.cumsum(0) - counts;
-    const auto pooled = torch::nn::functional::embedding_bag(
-        ids.masked_select(valid), weight,
-        torch::nn::functional::EmbeddingBagFuncOptions().offsets(offsets).mode(torch::kMean).sparse(options.sparse()));
-    const auto fill = counts.to(pooled.scalar_type()).div_(static_cast<double>(w)).unsqueeze(1);
     auto lead = column.sizes().vec();
     lead.resize(lead.size() - 2);
     lead.push_back(output_dim());
-    if (!options.query()) return torch::cat({pooled, fill}, 1).view(lead);
+    const auto mean_pooled = [&] {
+      const auto offsets = counts.cumsum(0) - counts;
+      return torch::nn::functional::embedding_bag(
+          ids.masked_select(valid), weight,
+          torch::nn::functional::EmbeddingBagFuncOptions().offsets(offsets).mode(torch::kMean).sparse(options.sparse()));
+    };
+    if (!options.query()) {
+      const auto pooled = mean_pooled();
+      return torch::cat({pooled, counts.to(pooled.scalar_type()).div_(static_cast<double>(w)).unsqueeze(1)}, 1)
+          .view(lead);
+    }
     const int64_t n = options.num_items(), rows = all.size(0);
     const auto q_ids = all.select(1, r).select(1, 0);
     const auto q_valid = ((q_ids >= 0) & (q_ids < n)).unsqueeze(1);
     const auto lookup = torch::nn::functional::EmbeddingFuncOptions().sparse(options.sparse());
     const auto q = torch::nn::functional::embedding(q_ids.clamp(0, n - 1), weight, lookup) * q_valid;  // [rows, d]
-    const auto mean_similarity = (pooled.view({rows, r, d}) * q.unsqueeze(1)).sum(-1, true);  // [rows, r, 1]
-    // The most similar item of each list, found outside autograd, then its
-    // similarity recomputed through it: the gradient of a max reaches the
-    // argmax only, and a batch gathers [rows, R, dim], not [rows, R * W, dim].
-    const auto best = most_similar(ids.view({rows, r, w}), valid.view({rows, r, w}), q);  // [rows, r], -1: empty
-    const auto best_rows = torch::nn::functional::embedding(best.clamp_min(0), weight, lookup);  // [rows, r, d]
-    const auto max_similarity = ((best_rows * q.unsqueeze(1)).sum(-1) * (best >= 0)).unsqueeze(-1);
-    return torch::cat({pooled.view({rows, r, d}), fill.view({rows, r, 1}), mean_similarity, max_similarity}, -1)
-        .view(lead);
+    const auto list_valid = valid.view({rows, r, w});
+    torch::Tensor pooled, max_similarity;  // [rows, r, d], [rows, r, 1]
+    if (options.attention()) {
+      // Every list item's row is gathered ([rows, R, W, dim]): the
+      // attention's gradient reaches each of them.
+      const auto items = torch::nn::functional::embedding(ids.clamp(0, n - 1), weight, lookup).view({rows, r, w, d});
+      const auto similarity = (items * q.view({rows, 1, 1, d})).sum(-1);  // [rows, r, w]
+      // Padding gets a large negative score, not -inf: an empty list's
+      // softmax stays finite, and the mask then zeroes it.
+      const auto scores = (similarity * attention_scale.view({1, r, 1})).masked_fill(~list_valid, -1e9);
+      const auto attention = torch::softmax(scores, -1) * list_valid;
+      pooled = (attention.unsqueeze(-1) * items).sum(-2);
+      const auto best = similarity.masked_fill(~list_valid, -std::numeric_limits<float>::infinity()).argmax(-1, true);
+      max_similarity = similarity.gather(-1, best) * list_valid.any(-1, true);
+    } else {
+      pooled = mean_pooled().view({rows, r, d});
+      // The most similar item of each list, found outside autograd, then
+      // its similarity recomputed through it: the gradient of a max reaches
+      // the argmax only, and a batch gathers [rows, R, dim], not
+      // [rows, R * W, dim].
+      const auto best = most_similar(ids.view({rows, r, w}), list_valid, q);  // [rows, r], -1: empty
+      const auto best_rows = torch::nn::functional::embedding(best.clamp_min(0), weight, lookup);  // [rows, r, d]
+      max_similarity = ((best_rows * q.unsqueeze(1)).sum(-1) * (best >= 0)).unsqueeze(-1);
+    }
+    const auto fill = counts.to(pooled.scalar_type()).div_(static_cast<double>(w)).view({rows, r, 1});
+    const auto pooled_similarity = (pooled * q.unsqueeze(1)).sum(-1, true);  // [rows, r, 1]
+    return torch::cat({pooled, fill, pooled_similarity, max_similarity.to(pooled.scalar_type())}, -1).view(lead);
   }
 
   int64_t output_dim() const override {
@@ -118,11 +159,14 @@ class HistoryFeatureImpl : public torch::nn::Cloneable<HistoryFeatureImpl>, publ
 
   void pretty_print(std::ostream& stream) const override {
     stream << "rectrain::HistoryFeature(num_items=" << options.num_items() << ", dim=" << options.dim()
-           << ", lists=" << options.lists() << ", window=" << options.window() << ")";
+           << ", lists=" << options.lists() << ", window=" << options.window()
+           << (options.attention() ? ", attention=true" : "") << ")";
   }
 
   HistoryFeatureOptions options;
   torch::Tensor weight;
+  /// [lists] learned attention scales (only with attention).
+  torch::Tensor attention_scale;
 
  private:
   /// Per (row, list), the valid item with the largest dot product with the

@@ -38,6 +38,7 @@ struct RecipeSettings {
   bool bf16 = false, extra_heads = false;
   int64_t history = 0;   ///< window of ViewHistory (0: no history feature)
   bool history_similarity = false;
+  bool history_attention = false;
   bool statistics = false;
   bool content_affinity = false;
   int64_t item_folds = 0;
@@ -85,6 +86,10 @@ struct RecipeSettings {
         .at_least(0).at_most(1024).absent("0").note("0: no history feature");
     s.add("history_similarity", history_similarity,
           "The history feature also gives the candidate's similarity to each class's items (mean and max)")
+        .absent("0");
+    s.add("history_attention", history_attention,
+          "Pool each class's items by attention with the candidate as the query (DIN) instead of the mean; needs "
+          "--history-similarity")
         .absent("0");
     s.add("statistics", statistics,
           "Per-row user and item statistics from strictly earlier views: views and smoothed rates of each reaction class")
@@ -140,6 +145,8 @@ struct RecipeSettings {
     if (item_folds == 1) throw Error("--item-folds must be 0 or at least 2, got 1");
     if (history_similarity && history == 0)
       throw Error("--history-similarity compares the candidate with the history: it needs --history > 0");
+    if (history_attention && !history_similarity)
+      throw Error("--history-attention uses the candidate as the attention's query: it needs --history-similarity");
   }
 
   /// Fills the sizes left at 0 from the training data and its number of
