@@ -130,12 +130,14 @@ class HistoryFeatureImpl : public torch::nn::Cloneable<HistoryFeatureImpl>, publ
       // Every list item's row is gathered ([rows, R, W, dim]): the
       // attention's gradient reaches each of them.
       const auto items = torch::nn::functional::embedding(ids.clamp(0, n - 1), weight, lookup).view({rows, r, w, d});
-      const auto similarity = (items * q.view({rows, 1, 1, d})).sum(-1);  // [rows, r, w]
+      // Batched products, not elementwise ones: no second [rows, R, W,
+      // dim] block is made, forward or backward.
+      const auto similarity = torch::matmul(items, q.view({rows, 1, d, 1})).squeeze(-1);  // [rows, r, w]
       // Padding gets a large negative score, not -inf: an empty list's
       // softmax stays finite, and the mask then zeroes it.
       const auto scores = (similarity * attention_scale.view({1, r, 1})).masked_fill(~list_valid, -1e9);
       const auto attention = torch::softmax(scores, -1) * list_valid;
-      pooled = (attention.unsqueeze(-1) * items).sum(-2);
+      pooled = torch::matmul(attention.unsqueeze(-2), items).squeeze(-2);
       const auto best = similarity.masked_fill(~list_valid, -std::numeric_limits<float>::infinity()).argmax(-1, true);
       max_similarity = similarity.gather(-1, best) * list_valid.any(-1, true);
     } else {
