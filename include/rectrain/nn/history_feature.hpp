@@ -108,6 +108,10 @@ class HistoryFeatureImpl : public torch::nn::Cloneable<HistoryFeatureImpl>, publ
     auto lead = column.sizes().vec();
     lead.resize(lead.size() - 2);
     lead.push_back(output_dim());
+    // Per list: the share of the window it fills.
+    const auto fill_like = [&](const torch::Tensor& pooled) {
+      return counts.to(pooled.scalar_type()).div_(static_cast<double>(w)).unsqueeze(1);
+    };
     const auto mean_pooled = [&] {
       const auto offsets = counts.cumsum(0) - counts;
       return torch::nn::functional::embedding_bag(
@@ -116,8 +120,7 @@ class HistoryFeatureImpl : public torch::nn::Cloneable<HistoryFeatureImpl>, publ
     };
     if (!options.query()) {
       const auto pooled = mean_pooled();
-      return torch::cat({pooled, counts.to(pooled.scalar_type()).div_(static_cast<double>(w)).unsqueeze(1)}, 1)
-          .view(lead);
+      return torch::cat({pooled, fill_like(pooled)}, 1).view(lead);
     }
     const int64_t n = options.num_items(), rows = all.size(0);
     const auto q_ids = all.select(1, r).select(1, 0);
@@ -150,7 +153,7 @@ class HistoryFeatureImpl : public torch::nn::Cloneable<HistoryFeatureImpl>, publ
       const auto best_rows = torch::nn::functional::embedding(best.clamp_min(0), weight, lookup);  // [rows, r, d]
       max_similarity = ((best_rows * q.unsqueeze(1)).sum(-1) * (best >= 0)).unsqueeze(-1);
     }
-    const auto fill = counts.to(pooled.scalar_type()).div_(static_cast<double>(w)).view({rows, r, 1});
+    const auto fill = fill_like(pooled).view({rows, r, 1});
     const auto pooled_similarity = (pooled * q.unsqueeze(1)).sum(-1, true);  // [rows, r, 1]
     return torch::cat({pooled, fill, pooled_similarity, max_similarity.to(pooled.scalar_type())}, -1).view(lead);
   }
