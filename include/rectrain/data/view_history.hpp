@@ -105,7 +105,10 @@ class ViewHistory {
                                          detail::shape_of(*t)));
     num_rows_ = n;
     const auto liked = like.to(torch::kBool), disliked = dislike.to(torch::kBool) & ~liked;
-    const auto long_watch = ~liked & ~disliked & (timespent.to(torch::kFloat64) >= options_.long_watch());
+    // One double copy of timespent: compared with the threshold, then
+    // turned into log1p(timespent) in place (copy=true: never the caller's).
+    auto watch = timespent.to(torch::kFloat64, /*non_blocking=*/false, /*copy=*/true).contiguous();
+    const auto long_watch = ~liked & ~disliked & (watch >= options_.long_watch());
     reactions_ = torch::full({n}, static_cast<int8_t>(Reaction::Other), torch::kInt8);
     reactions_.masked_fill_(long_watch, static_cast<int8_t>(Reaction::LongWatch));
     reactions_.masked_fill_(disliked, static_cast<int8_t>(Reaction::Disliked));
@@ -113,7 +116,7 @@ class ViewHistory {
     const int64_t* up = u.data_ptr<int64_t>();
     const int64_t* ip = it.data_ptr<int64_t>();
     const int8_t* rp = reactions_.data_ptr<int8_t>();
-    const auto watch = timespent.to(torch::kFloat64).clamp_min(0).log1p().contiguous();
+    watch.clamp_min_(0).log1p_();
     const double* wp = watch.data_ptr<double>();
     // Grouped by (key, class), stable: each segment stays in row order.
     auto bucket = [&](const int64_t* key, int64_t keys, std::vector<int64_t>& offsets, std::vector<int32_t>& rows,
