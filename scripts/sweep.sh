@@ -9,7 +9,8 @@
 #
 # Presets (all when none is named): recipe (the defaults), history
 # (--history 16 --history-similarity), history+attention (the same with
-# --history-attention), statistics (--statistics), cross (--cross-layers
+# --history-attention), history-similarities (the same with
+# --no-history-vectors), statistics (--statistics), cross (--cross-layers
 # 2), experts (--experts 4), history+statistics, content
 # (--content-affinity) and history+content; the content presets are skipped
 # on data without content vectors.
@@ -28,6 +29,7 @@ declare -A presets=(
   [recipe]=""
   [history]="--history 16 --history-similarity"
   [history+attention]="--history 16 --history-similarity --history-attention"
+  [history-similarities]="--history 16 --history-similarity --no-history-vectors"
   [statistics]="--statistics"
   [cross]="--cross-layers 2"
   [experts]="--experts 4"
@@ -36,7 +38,7 @@ declare -A presets=(
   [history+content]="--history 16 --history-similarity --content-affinity"
 )
 names=("$@")
-[ ${#names[@]} -gt 0 ] || names=(recipe history history+attention statistics cross experts history+statistics content history+content)
+[ ${#names[@]} -gt 0 ] || names=(recipe history history+attention history-similarities statistics cross experts history+statistics content history+content)
 for name in "${names[@]}"; do
   [ -n "${presets[$name]+set}" ] || { echo "sweep: unknown preset '$name' (known: ${!presets[*]})" >&2; exit 2; }
 done

@@ -7,6 +7,7 @@
 #include <rectrain/rectrain.hpp>
 
 #include <random>
+#include <sstream>
 
 using namespace rectrain;
 using namespace rectrain_test;
@@ -288,10 +289,11 @@ TEST_CASE("Settings: a configuration written before a setting existed reads with
   std::string old;
   for (const auto& line : split_list(text, '\n'))
     if (line.rfind("history=", 0) && line.rfind("statistics=", 0) && line.rfind("cross_layers=", 0) &&
-        line.rfind("long_watch=", 0))
+        line.rfind("long_watch=", 0) && line.rfind("history_vectors=", 0))
       old += line + "\n";
   const auto read = RecipeSettings::from_text(old, "old.pt");
   CHECK(read.history == 0);
+  CHECK(read.history_vectors);  // on, as before the setting existed
   CHECK_FALSE(read.statistics);
   CHECK(read.cross_layers == 0);
   CHECK_THROWS_WITH(RecipeSettings::from_text(old.substr(old.find('\n') + 1), "old.pt"),
@@ -304,13 +306,15 @@ TEST_CASE("rectrain-vk train with history, statistics and cross layers; predict 
   REQUIRE_THAT(vk_out("synth --scale 0.002 --seed 3 --out " + data), Catch::Contains("synth:"));
   const std::string flags = " --data " + data +
                             " --frozen-epochs 1 --unfrozen-epochs 1 --hidden 32,16 --seeds 1,2 --history 4 --history-similarity "
-                            "--history-attention --statistics --item-folds 3 --cross-layers 1 --experts 2 --content-affinity";
+                            "--history-attention --no-history-vectors --statistics --item-folds 3 --cross-layers 1 --experts 2 "
+                            "--content-affinity";
   const auto run = vk_out("train" + flags + " --out " + dir.file("run"));
   INFO(run);
   REQUIRE_THAT(run, Catch::Contains("train: done") && Catch::Contains("ensemble: candidates GAUC"));
   const auto file = RecipeModelFile::read(dir.file("run/model-seed1.pt"));
   CHECK(file.settings.history == 4);
   CHECK(file.settings.history_attention);
+  CHECK_FALSE(file.settings.history_vectors);
   CHECK(file.settings.statistics);
   CHECK(file.settings.content_affinity);
   CHECK(std::isfinite(file.settings.long_watch));
@@ -343,6 +347,43 @@ TEST_CASE("HistoryFeature with a query adds the candidate's mean and max similar
   CHECK(torch::allclose(out[1].narrow(0, 5, 2), (w[0] + w[3]) / 2));
   f(column).sum().backward();
   CHECK(f->weight.grad()[4].abs().sum().item<float>() > 0);  // the query's row learns too
+}
+
+TEST_CASE("HistoryFeature without vectors gives each list's fill and similarities only", "[history][nn]") {
+  const auto column = i64({1, 2, -1, -1, -1, -1, 4, -1, -1, 5, -1, -1, 0, 3, -1, -1, -1, -1}).view({2, 3, 3});
+  for (const bool attention : {false, true}) {
+    INFO("attention " << attention);
+    torch::manual_seed(3);
+    const auto options = HistoryFeatureOptions(6, 2).lists(2).window(3).query(true).attention(attention);
+    HistoryFeature with(options);
+    HistoryFeature without(HistoryFeatureOptions(options).vectors(false));
+    torch::NoGradGuard no_grad;
+    without->weight.copy_(with->weight);
+    if (attention) without->attention_scale.copy_(torch::tensor({0.5F, 2.0F}));
+    if (attention) with->attention_scale.copy_(without->attention_scale);
+    CHECK(without->output_dim() == 2 * 3);
+    const auto full = with(column).view({2, 2, 2 + 3});
+    const auto out = without(column);
+    REQUIRE(out.sizes() == torch::IntArrayRef({2, 6}));
+    // The same fill and similarities, the vectors (the first 2 of each list's 5) left out.
+    CHECK(torch::equal(out.view({2, 2, 3}), full.narrow(2, 2, 3)));
+    CHECK(out[0][1].item<float>() != 0);  // the first list's similarities are there
+  }
+  // Gradients still reach the list's items and the query through the similarities.
+  HistoryFeature f(HistoryFeatureOptions(6, 2).lists(2).window(3).query(true).vectors(false));
+  f(column).sum().backward();
+  for (const int item : {1, 2, 4}) CHECK(f->weight.grad()[item].abs().sum().item<float>() > 0);
+  CHECK(f->weight.grad()[5].abs().sum().item<float>() == 0);  // no query in row 1: no similarity to learn from
+  std::ostringstream printed;
+  printed << *f;
+  CHECK_THAT(printed.str(), Catch::Contains("vectors=false"));
+  CHECK_THROWS_WITH(HistoryFeature(HistoryFeatureOptions(6, 2).vectors(false)), Catch::Contains("vectors(false) needs query(true)"));
+  RecipeSettings settings;
+  settings.history = 4;
+  settings.history_vectors = false;
+  CHECK_THROWS_WITH(settings.validate(), Catch::Contains("--no-history-vectors leaves only"));
+  settings.history_similarity = true;
+  CHECK_NOTHROW(settings.validate());
 }
 
 TEST_CASE("HistoryFeature with attention pools each list by softmax(scale * item . query), as DIN", "[history][nn]") {

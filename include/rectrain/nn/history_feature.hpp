@@ -23,6 +23,12 @@
 // autograd (CPU; one batched product on a device), then recomputed through
 // the winning item, so no [rows, R * W, dim] block is built (attention
 // builds it: its gradient reaches every item of a list).
+//
+// With vectors(false) (and query), the pooled vectors stay inside: each
+// list gives its fill and the two similarities only, 3 numbers instead of
+// dim + 3. The similarities are what carries the history (a shared MLP does
+// not form dot products from the vectors itself), while R * dim more inputs
+// about double the first layer's work at the recipe's widths.
 
 #include <rectrain/core/error.hpp>
 #include <rectrain/nn/feature.hpp>
@@ -57,6 +63,9 @@ struct HistoryFeatureOptions {
   /// The scales' start: unit-norm rows give dot products in [-1, 1], so 1
   /// starts close to the mean and training sharpens it where it pays.
   TORCH_ARG(double, attention_scale) = 1.0;
+  /// Output each list's pooled vector (false: with query, only its fill
+  /// and the candidate's two similarities to it).
+  TORCH_ARG(bool, vectors) = true;
 };
 
 class HistoryFeatureImpl : public torch::nn::Cloneable<HistoryFeatureImpl>, public FeatureInterface {
@@ -70,6 +79,9 @@ class HistoryFeatureImpl : public torch::nn::Cloneable<HistoryFeatureImpl>, publ
                                  options.window()));
     if (options.attention() && !options.query())
       throw Error("HistoryFeature: attention needs query(true): the row's item is the attention's query");
+    if (!options.vectors() && !options.query())
+      throw Error("HistoryFeature: vectors(false) needs query(true): without the similarities only the lists' fills "
+                  "would be left");
     if (options.attention() && !std::isfinite(options.attention_scale()))
       throw Error(detail::concat("HistoryFeature: attention_scale must be finite, got ", options.attention_scale()));
     weight = register_parameter("weight", torch::empty({options.num_items(), options.dim()}));
@@ -155,17 +167,19 @@ class HistoryFeatureImpl : public torch::nn::Cloneable<HistoryFeatureImpl>, publ
     }
     const auto fill = fill_like(pooled).view({rows, r, 1});
     const auto pooled_similarity = (pooled * q.unsqueeze(1)).sum(-1, true);  // [rows, r, 1]
-    return torch::cat({pooled, fill, pooled_similarity, max_similarity.to(pooled.scalar_type())}, -1).view(lead);
+    const auto similarities = max_similarity.to(pooled.scalar_type());
+    if (!options.vectors()) return torch::cat({fill, pooled_similarity, similarities}, -1).view(lead);
+    return torch::cat({pooled, fill, pooled_similarity, similarities}, -1).view(lead);
   }
 
   int64_t output_dim() const override {
-    return options.lists() * (options.dim() + (options.query() ? 3 : 1));
+    return options.lists() * ((options.vectors() ? options.dim() : 0) + (options.query() ? 3 : 1));
   }
 
   void pretty_print(std::ostream& stream) const override {
     stream << "rectrain::HistoryFeature(num_items=" << options.num_items() << ", dim=" << options.dim()
            << ", lists=" << options.lists() << ", window=" << options.window()
-           << (options.attention() ? ", attention=true" : "") << ")";
+           << (options.attention() ? ", attention=true" : "") << (options.vectors() ? "" : ", vectors=false") << ")";
   }
 
   HistoryFeatureOptions options;

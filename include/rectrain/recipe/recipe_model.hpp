@@ -77,7 +77,8 @@ inline Ranker build_recipe_ranker(const RecipeShape& shape, const RecipeSettings
                                             .init_std(1.0 / std::sqrt(static_cast<double>(s.item_factors)))
                                             .sparse(s.table_update != "adam")
                                             .query(s.history_similarity)
-                                            .attention(s.history_attention)));
+                                            .attention(s.history_attention)
+                                            .vectors(s.history_vectors)));
   if (s.statistics) user->add("user_statistics", DenseFeature(ViewHistory::kStatistics));
   if (s.content_affinity) user->add("content_affinity", DenseFeature(ContentAffinity::kWidth));
   item->add("item", id_table(shape.items, s.item_factors));

@@ -39,6 +39,7 @@ struct RecipeSettings {
   int64_t history = 0;   ///< window of ViewHistory (0: no history feature)
   bool history_similarity = false;
   bool history_attention = false;
+  bool history_vectors = true;
   bool statistics = false;
   bool content_affinity = false;
   int64_t item_folds = 0;
@@ -91,6 +92,10 @@ struct RecipeSettings {
           "Pool each class's items by attention with the candidate as the query (DIN) instead of the mean; needs "
           "--history-similarity")
         .absent("0");
+    s.add("history_vectors", history_vectors,
+          "Leave the pooled vectors out of the history feature: per class only its fill and the candidate's two "
+          "similarities (about the defaults' speed); needs --history-similarity")
+        .absent("1");
     s.add("statistics", statistics,
           "Per-row user and item statistics from strictly earlier views: views and smoothed rates of each reaction class")
         .absent("0");
@@ -147,6 +152,9 @@ struct RecipeSettings {
       throw Error("--history-similarity compares the candidate with the history: it needs --history > 0");
     if (history_attention && !history_similarity)
       throw Error("--history-attention uses the candidate as the attention's query: it needs --history-similarity");
+    if (!history_vectors && !history_similarity)
+      throw Error("--no-history-vectors leaves only the candidate's similarities to the history: it needs "
+                  "--history-similarity");
   }
 
   /// Fills the sizes left at 0 from the training data and its number of
