@@ -83,6 +83,72 @@ TEST_CASE("gauc is the unweighted mean over users with two target values", "[met
   CHECK(gauc(users, targets, -targets.to(torch::kFloat32)).value == 0.0);
 }
 
+TEST_CASE("gauc_per_user gives each user's AUC, by user id; gauc is their mean", "[metrics]") {
+  const auto users = i64({7, 3, 7, 3, 7, 9});
+  const auto targets = i64({1, 0, -1, 1, 0, 1});
+  const auto scores = torch::tensor({0.9F, 0.5F, 0.1F, 0.2F, 0.95F, 0.3F});
+  const auto per = gauc_per_user(users, targets, scores);
+  CHECK(torch::equal(per.users, i64({3, 7, 9})));
+  REQUIRE(per.values.size() == 3);
+  CHECK(per.values[0] == 0.0);                    // user 3: its better view scored lower
+  CHECK(per.values[1] == Approx(2.0 / 3.0));      // user 7: 0.9 > 0.1 and 0.95 > 0.1 right, 0.9 < 0.95 wrong
+  CHECK(std::isnan(per.values[2]));               // user 9: one view
+  CHECK(gauc(users, targets, scores).value == Approx(1.0 / 3.0));
+}
+
+TEST_CASE("paired_bootstrap: the users' mean difference and its percentile interval", "[metrics]") {
+  // Identical scorings: no difference in any resample.
+  const auto same = paired_bootstrap({0.5, 0.7, NAN}, {0.5, 0.7, 0.2});
+  CHECK(same.users == 2);  // the NaN user is skipped
+  CHECK(same.difference == 0);
+  CHECK(same.low == 0);
+  CHECK(same.high == 0);
+  CHECK(same.share_above == 0.5);  // every mean is 0: ties count half
+  // Two users, differences 0 and 1: a resample's mean is 0, 0.5 or 1 with
+  // probabilities 1/4, 1/2, 1/4: 3/4 above 0, and the 1/4 at 0 count half.
+  const auto two = paired_bootstrap({0.5, 1.0}, {0.5, 0.0}, PairedBootstrapOptions().resamples(20000).seed(3));
+  CHECK(two.difference == 0.5);
+  CHECK(two.share_above == Approx(0.875).margin(0.01));
+  CHECK(two.low == 0);
+  CHECK(two.high == 1);
+  // A clear gain: 300 users, each up by 0.01 to 0.03.
+  std::vector<double> a, b;
+  for (int i = 0; i < 300; ++i) a.push_back(0.6 + 0.01 * (1 + i % 3)), b.push_back(0.6);
+  const auto gain = paired_bootstrap(a, b, PairedBootstrapOptions().resamples(2000));
+  CHECK(gain.difference == Approx(0.02));
+  CHECK(gain.low > 0.018);
+  CHECK(gain.high < 0.022);
+  CHECK(gain.low < gain.difference);
+  CHECK(gain.high > gain.difference);
+  CHECK(gain.share_above == 1);
+  // Same seed, same figures, whatever the thread count.
+  const int threads = torch::get_num_threads();
+  torch::set_num_threads(1);
+  const auto one = paired_bootstrap(a, {b.rbegin(), b.rend()}, PairedBootstrapOptions().resamples(500).seed(9));
+  torch::set_num_threads(2);
+  const auto again = paired_bootstrap(a, {b.rbegin(), b.rend()}, PairedBootstrapOptions().resamples(500).seed(9));
+  torch::set_num_threads(threads);
+  CHECK(one.low == again.low);
+  CHECK(one.high == again.high);
+  // No user in common: NaN figures.
+  const auto none = paired_bootstrap({NAN}, {0.5});
+  CHECK(none.users == 0);
+  CHECK(std::isnan(none.difference));
+  CHECK_THROWS_WITH(paired_bootstrap({0.5}, {0.5, 0.6}), Catch::Contains("needs the same users"));
+  CHECK_THROWS_WITH(paired_bootstrap({0.5}, {0.5}, PairedBootstrapOptions().confidence(1)),
+                    Catch::Contains("confidence must be in (0, 1)"));
+  CHECK_THROWS_WITH(paired_bootstrap({0.5}, {0.5}, PairedBootstrapOptions().resamples(0)),
+                    Catch::Contains("resamples must be >= 1"));
+  // Through the GAUC: perfect against reversed scores on the same candidates.
+  const auto users = i64({1, 1, 2, 2, 3, 3});
+  const auto targets = i64({1, 0, 1, -1, 0, 1});
+  const auto good = targets.to(torch::kFloat32);
+  const auto d = paired_gauc_difference(users, targets, good, -good);
+  CHECK(d.users == 3);
+  CHECK(d.difference == 1);
+  CHECK(d.low == 1);
+}
+
 TEST_CASE("gauc skips single-target users and rejects bad input", "[metrics][bad-input]") {
   const auto users = i64({1, 1, 2, 2});
   const auto targets = i64({0, 0, 1, 0});
@@ -163,6 +229,12 @@ TEST_CASE("rectrain-vk eval and baseline", "[metrics][cli]") {
   // User 1: pairs (10>11 ok, 10>12 ok, 11>12 wrong) = 2/3; user 2 skipped.
   CHECK(vk_run("eval --candidates " + dir.file("candidates.csv") + " --predictions " +
             dir.file("predictions.csv")) == "GAUC 0.666667 users 1\n");
+  // Against another file: its GAUC and the paired difference (one user: a zero-width interval).
+  write_file(dir.file("other.csv"), "user_id,item_id,predict\n2,13,0\n1,12,0.9\n1,11,0.2\n1,10,0.1\n2,10,0\n");
+  const auto compared = vk_run("eval --candidates " + dir.file("candidates.csv") + " --predictions " +
+                               dir.file("predictions.csv") + " --against " + dir.file("other.csv") + " --resamples 50");
+  CHECK_THAT(compared, Catch::Contains("GAUC 0.000000, difference +0.666667, 95% interval [+0.666667, +0.666667]") &&
+                           Catch::Contains("over 1 users, 50 resamples"));
   write_file(dir.file("predictions.csv"), "user_id,item_id,predict\n1,10,0.9\n");
   const auto missing = rectrain_test::run_vk("eval --candidates " + dir.file("candidates.csv") + " --predictions " +
                                              dir.file("predictions.csv"));

@@ -49,14 +49,25 @@ int run_baseline(const std::string& data, const std::string& predictions, const 
   return 0;
 }
 
-int run_eval(const std::string& candidates, const std::string& predictions) {
+int run_eval(const std::string& candidates, const std::string& predictions, const std::string& against,
+             int64_t resamples, uint64_t seed) {
   const auto c = read_csv(candidates, {{"user_id", CsvType::Id}, {"item_id", CsvType::Id},
                                        {"target", CsvType::Integer, true, -1, 1}});
-  const auto m = gauc(c["user_id"], c["target"], match_predictions(predictions, c["user_id"], c["item_id"]));
+  const auto scores = match_predictions(predictions, c["user_id"], c["item_id"]);
+  const auto m = gauc(c["user_id"], c["target"], scores);
   if (m.users == 0)
     throw Error("eval: GAUC is undefined: no user of " + candidates + " has two different targets (GAUC averages AUC "
                 "over users with both a better and a worse candidate)");
   say("GAUC %.6f users %lld\n", m.value, m.users);
+  if (against.empty()) return 0;
+  const auto other = match_predictions(against, c["user_id"], c["item_id"]);
+  const auto options = PairedBootstrapOptions().resamples(resamples).seed(seed);
+  const auto d = paired_gauc_difference(c["user_id"], c["target"], scores, other, options);
+  say("against %s: GAUC %.6f, difference %+.6f, %.0f%% interval [%+.6f, %+.6f], above 0 in %.1f%% of resamples "
+      "(paired bootstrap over %lld users, %lld resamples, seed %llu)\n",
+      against.c_str(), gauc(c["user_id"], c["target"], other).value, d.difference, 100 * options.confidence(), d.low,
+      d.high, 100 * d.share_above, static_cast<long long>(d.users), static_cast<long long>(resamples),
+      static_cast<unsigned long long>(seed));
   return 0;
 }
 
@@ -196,6 +207,12 @@ int cli_main(int argc, char** argv) {
       ->check(CLI::IsMember({"random", "popularity", "like_rate"}));
   auto* eval = app.add_subcommand("eval", "GAUC of predictions.csv against candidates.csv targets");
   eval->add_option("--candidates", candidates, "candidates.csv with a target column")->required();
+  std::string against;
+  int64_t resamples = 10000;
+  eval->add_option("--against", against,
+                   "Another predictions.csv: its GAUC, the difference and its paired bootstrap interval over the users")
+      ->check(CLI::ExistingFile);
+  option(eval, "--resamples", resamples, "Bootstrap draws of the users (with --against)")->check(CLI::PositiveNumber);
   auto* als = app.add_subcommand("als", "Fit implicit ALS (user x item, user x source) and save the factors");
   const auto apply_als = add_settings(als, als_settings);
   auto* demo = app.add_subcommand("demo", "Synthetic data -> group sampler -> baselines (the default)");
@@ -220,6 +237,7 @@ int cli_main(int argc, char** argv) {
   predict->add_option("--models", models, "train's --out directory, or model-seed*.pt files")->required();
   for (auto* command : {synth, als, demo}) option(command, "--seed", seed, "Random seed");
   option(baseline, "--seed", seed, "Seed of the random baseline");
+  option(eval, "--seed", seed, "Seed of the bootstrap's draws (with --against)");
   for (auto* command : {baseline, als, train, predict})
     command->add_option("--data", data, "Dataset directory (train, predict: or a dataset cache, .pt)")
         ->required()
@@ -266,7 +284,7 @@ int cli_main(int argc, char** argv) {
     cpu_isa();  // a bad RECTRAIN_CPU_ISA is an error now, not in the middle of a run
     if (*synth) return run_synth(scale, out, seed);
     if (*baseline) return run_baseline(data, predictions, which, seed);
-    if (*eval) return run_eval(candidates, predictions);
+    if (*eval) return run_eval(candidates, predictions, against, resamples, seed);
     if (*als) return apply_als(), run_als(data, out, als_run, device, seed);
     const auto budget = [&] { return parse_memory_budget(memory_budget, "--memory-budget"); };
     if (*predict) return run_predict(data, models, predictions, device, budget());

@@ -47,6 +47,7 @@
 #include <rectrain/loss/multi_task.hpp>
 #include <rectrain/loss/ranking.hpp>
 #include <rectrain/metrics/baselines.hpp>
+#include <rectrain/metrics/paired_bootstrap.hpp>
 #include <rectrain/metrics/ranking.hpp>
 #include <rectrain/nn/binary_head.hpp>
 #include <rectrain/nn/categorical_feature.hpp>

@@ -135,10 +135,18 @@ inline double auc(const torch::Tensor& scores, const torch::Tensor& targets) {
   return pairs > 0 ? correct2 / (2.0 * pairs) : std::numeric_limits<double>::quiet_NaN();
 }
 
-/// GAUC over users (see the header comment). Tensors are 1-D and equally
-/// long, on any device; users may be raw ids or dense indices.
-inline GroupMetric gauc(const torch::Tensor& users, const torch::Tensor& targets,
-                       const torch::Tensor& scores) {
+/// Each user's AUC, the terms of GAUC: `users` the distinct user ids in
+/// ascending order ([U] int64), `values` their AUCs (NaN for a user whose
+/// targets hold one value). What a paired comparison of two scorings
+/// resamples (metrics/paired_bootstrap.hpp).
+struct PerUserMetric {
+  torch::Tensor users;
+  std::vector<double> values;
+};
+
+/// gauc()'s per-user terms; gauc() is their mean over the defined ones.
+inline PerUserMetric gauc_per_user(const torch::Tensor& users, const torch::Tensor& targets,
+                                   const torch::Tensor& scores) {
   const auto s = detail::metric_input(scores, "gauc scores", -1);
   const auto t = detail::metric_input(targets, "gauc targets", s.size(0));
   if (!users.defined() || users.dim() != 1 || users.size(0) != s.size(0))
@@ -148,18 +156,31 @@ inline GroupMetric gauc(const torch::Tensor& users, const torch::Tensor& targets
   std::vector<int64_t>& order = grouped.first;
   const std::vector<int64_t>& bounds = grouped.second;
   const int64_t groups = static_cast<int64_t>(bounds.size()) - 1;
-  std::vector<double> per_user(static_cast<size_t>(std::max<int64_t>(groups, 0)),
-                               std::numeric_limits<double>::quiet_NaN());
+  PerUserMetric out;
+  out.values.assign(static_cast<size_t>(std::max<int64_t>(groups, 0)), std::numeric_limits<double>::quiet_NaN());
+  out.users = torch::empty({std::max<int64_t>(groups, 0)}, torch::kInt64);
+  const auto ids = users.to(torch::kCPU, torch::kInt64).contiguous();
+  const int64_t* ip = ids.data_ptr<int64_t>();
+  int64_t* up = out.users.data_ptr<int64_t>();
+  for (int64_t g = 0; g < groups; ++g) up[g] = ip[order[static_cast<size_t>(bounds[static_cast<size_t>(g)])]];
   const double* sp = s.data_ptr<double>();
   const double* tp = t.data_ptr<double>();
+  double* vp = out.values.data();
   at::parallel_for(0, groups, 256, [&](int64_t begin, int64_t end) {
     for (int64_t g = begin; g < end; ++g) {
       const int64_t lo = bounds[static_cast<size_t>(g)], hi = bounds[static_cast<size_t>(g + 1)];
       const auto [correct2, pairs] = detail::concordance(sp, tp, order.data() + lo, hi - lo);
-      if (pairs > 0) per_user[static_cast<size_t>(g)] = correct2 / (2.0 * pairs);
+      if (pairs > 0) vp[g] = correct2 / (2.0 * pairs);
     }
   });
-  return detail::mean_of_defined(per_user);
+  return out;
+}
+
+/// GAUC over users (see the header comment). Tensors are 1-D and equally
+/// long, on any device; users may be raw ids or dense indices.
+inline GroupMetric gauc(const torch::Tensor& users, const torch::Tensor& targets,
+                       const torch::Tensor& scores) {
+  return detail::mean_of_defined(gauc_per_user(users, targets, scores).values);
 }
 
 /// The users gauc() would count: those with two different targets (a
