@@ -6,6 +6,7 @@
 #include <rectrain/core/cpu_isa.hpp>
 #include <rectrain/nn/dropout.hpp>
 #include <rectrain/nn/fused_block.hpp>
+#include <rectrain/nn/most_similar.hpp>
 #include <rectrain/train/sparse_adam.hpp>
 
 #include <cstdlib>
@@ -195,6 +196,66 @@ TEST_CASE("CPU ISA: the dropout mask is the same bits at every level", "[cpu_isa
       return rectrain::detail::hashed_keep_mask<double>({333}, 0.5, 7);
     }()));
   });
+}
+
+TEST_CASE("CPU ISA: the history's most-similar search finds the largest dot product at every level", "[cpu_isa][nn]") {
+  for (const int64_t dim : {int64_t{3}, int64_t{37}, int64_t{256}}) {
+    INFO("dim " << dim);
+    torch::manual_seed(dim);
+    const int64_t items = 40, rows = 9, lists = 3, window = 5;
+    const auto table = torch::randn({items, dim});
+    const auto query = torch::randn({rows, dim});
+    const auto ids = torch::randint(0, items, {rows, lists, window});
+    const auto valid = torch::rand({rows, lists, window}) < 0.7;
+    valid[0][1].fill_(false);  // an empty list
+    // By brute force in double: the winner, and its margin over the runner-up.
+    const auto t = table.to(torch::kFloat64), q = query.to(torch::kFloat64);
+    std::vector<int64_t> expected(static_cast<size_t>(rows * lists), -1);
+    std::vector<double> best(expected.size()), margin(expected.size());
+    for (int64_t i = 0; i < rows; ++i)
+      for (int64_t c = 0; c < lists; ++c) {
+        double top = -1e300, second = -1e300;
+        for (int64_t j = 0; j < window; ++j) {
+          if (!valid[i][c][j].item<bool>()) continue;
+          const int64_t id = ids[i][c][j].item<int64_t>();
+          const double s = (t[id] * q[i]).sum().item<double>();
+          if (s > top) {
+            if (expected[static_cast<size_t>(i * lists + c)] != id) second = top;
+            top = s;
+            expected[static_cast<size_t>(i * lists + c)] = id;
+          } else if (s > second && id != expected[static_cast<size_t>(i * lists + c)]) {
+            second = s;
+          }
+        }
+        best[static_cast<size_t>(i * lists + c)] = top;
+        margin[static_cast<size_t>(i * lists + c)] = top - second;
+      }
+    at_every_level([&](CpuIsa isa) {
+      auto out = torch::full({rows, lists}, -1, torch::kInt64);
+      rectrain::detail::MostSimilarArgs args;
+      args.table = table.data_ptr<float>();
+      args.query = query.data_ptr<float>();
+      args.ids = ids.data_ptr<int64_t>();
+      args.valid = valid.data_ptr<bool>();
+      args.out = out.data_ptr<int64_t>();
+      args.lists = lists;
+      args.window = window;
+      args.dim = dim;
+      rectrain::detail::most_similar_for(isa)(args, 0, rows);
+      for (size_t k = 0; k < expected.size(); ++k) {
+        const int64_t got = out.view(-1)[static_cast<int64_t>(k)].item<int64_t>();
+        if (expected[k] < 0) {
+          CHECK(got == -1);
+          continue;
+        }
+        REQUIRE(got >= 0);
+        // The winner's product is the largest; the same item unless two are within rounding.
+        const double s = (t[got] * q[static_cast<int64_t>(k) / lists]).sum().item<double>();
+        CHECK(s == Approx(best[k]).margin(1e-4));
+        if (margin[k] > 1e-3) CHECK(got == expected[k]);
+      }
+    });
+  }
 }
 
 TEST_CASE("CPU ISA: the fused ReLU/LayerNorm/dropout block agrees at every level", "[cpu_isa][nn]") {

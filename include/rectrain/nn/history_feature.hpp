@@ -19,8 +19,8 @@
 // scale times their dot product with the candidate, as DIN does.
 //
 // Mean pooling runs through embedding_bag over the valid entries only; the
-// largest similarity is found by a loop over the table's rows outside
-// autograd (CPU; one batched product on a device), then recomputed through
+// largest similarity is found by a search over the table's rows outside
+// autograd (CPU: nn/most_similar.hpp; one batched product on a device), then recomputed through
 // the winning item, so no [rows, R * W, dim] block is built (attention
 // builds it: its gradient reaches every item of a list).
 //
@@ -33,6 +33,7 @@
 #include <rectrain/core/error.hpp>
 #include <rectrain/nn/feature.hpp>
 #include <rectrain/nn/freezing.hpp>
+#include <rectrain/nn/most_similar.hpp>
 
 #include <ATen/Parallel.h>
 #include <torch/torch.h>
@@ -204,36 +205,17 @@ class HistoryFeatureImpl : public torch::nn::Cloneable<HistoryFeatureImpl>, publ
     const auto id = ids.contiguous();
     const auto ok = valid.contiguous();
     auto out = torch::full({rows, r}, -1, torch::kInt64);
-    const float* tp = table.data_ptr<float>();
-    const float* qp = query.data_ptr<float>();
-    const int64_t* ip = id.data_ptr<int64_t>();
-    const bool* vp = ok.data_ptr<bool>();
-    int64_t* op = out.data_ptr<int64_t>();
-    at::parallel_for(0, rows, 64, [&](int64_t begin, int64_t end) {
-      for (int64_t i = begin; i < end; ++i) {
-        const float* qi = qp + i * d;
-        for (int64_t c = 0; c < r; ++c) {
-          float best = -std::numeric_limits<float>::infinity();
-          for (int64_t j = 0; j < w; ++j) {
-            const int64_t at = (i * r + c) * w + j;
-            if (!vp[at]) continue;
-            const float* e = tp + ip[at] * d;
-            // Eight running sums: a dot product the compiler vectorises
-            // without reassociating one sum.
-            float part[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-            int64_t k = 0;
-            for (; k + 8 <= d; k += 8)
-              for (int u = 0; u < 8; ++u) part[u] += e[k + u] * qi[k + u];
-            float dot = ((part[0] + part[1]) + (part[2] + part[3])) + ((part[4] + part[5]) + (part[6] + part[7]));
-            for (; k < d; ++k) dot += e[k] * qi[k];
-            if (dot > best) {
-              best = dot;
-              op[i * r + c] = ip[at];
-            }
-          }
-        }
-      }
-    });
+    detail::MostSimilarArgs args;
+    args.table = table.data_ptr<float>();
+    args.query = query.data_ptr<float>();
+    args.ids = id.data_ptr<int64_t>();
+    args.valid = ok.data_ptr<bool>();
+    args.out = out.data_ptr<int64_t>();
+    args.lists = r;
+    args.window = w;
+    args.dim = d;
+    const auto kernel = detail::most_similar_for(cpu_isa());
+    at::parallel_for(0, rows, 64, [&](int64_t begin, int64_t end) { kernel(args, begin, end); });
     return out;
   }
 };
