@@ -1,12 +1,13 @@
 #pragma once
 // Which vector instruction set rectrain's CPU kernels run on, chosen at run
 // time. Each hand-vectorised kernel (the ALS solver's CG pass, the fused
-// ReLU/LayerNorm/dropout block, the dropout mask, SparseAdam's pass) is one
-// source compiled three times in the same binary: for baseline x86-64
-// (SSE2), for AVX2 + FMA and for AVX-512, through GCC/Clang `target`
-// attributes. A program built with default flags so gets the widest path the
-// CPU it runs on has; -march=native is an option, not a requirement. On other
-// architectures, and with other compilers, only the portable path exists.
+// ReLU/LayerNorm/dropout block, the dropout mask, SparseAdam's pass, the
+// history's most-similar search) is one source compiled three times in the
+// same binary: for baseline x86-64 (SSE2), for AVX2 + FMA and for AVX-512,
+// through GCC/Clang `target` attributes. A program built with default flags
+// so gets the widest path the CPU it runs on has; -march=native is an
+// option, not a requirement. On other architectures, and with other
+// compilers, only the portable path exists.
 //
 //   rectrain::cpu_isa()                  // what the kernels use now
 //   rectrain::set_cpu_isa(CpuIsa::Avx2)  // or RECTRAIN_CPU_ISA=avx2 in the
