@@ -230,18 +230,8 @@ TEST_CASE("CPU ISA: the history's most-similar search finds the largest dot prod
         best[static_cast<size_t>(i * lists + c)] = top;
         margin[static_cast<size_t>(i * lists + c)] = top - second;
       }
-    at_every_level([&](CpuIsa isa) {
-      auto out = torch::full({rows, lists}, -1, torch::kInt64);
-      rectrain::detail::MostSimilarArgs args;
-      args.table = table.data_ptr<float>();
-      args.query = query.data_ptr<float>();
-      args.ids = ids.data_ptr<int64_t>();
-      args.valid = valid.data_ptr<bool>();
-      args.out = out.data_ptr<int64_t>();
-      args.lists = lists;
-      args.window = window;
-      args.dim = dim;
-      rectrain::detail::most_similar_for(isa)(args, 0, rows);
+    at_every_level([&](CpuIsa) {  // the guard pins cpu_isa(), which picks the kernel
+      const auto out = rectrain::detail::most_similar(table, query, ids, valid);
       for (size_t k = 0; k < expected.size(); ++k) {
         const int64_t got = out.view(-1)[static_cast<int64_t>(k)].item<int64_t>();
         if (expected[k] < 0) {

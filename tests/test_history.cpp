@@ -219,6 +219,43 @@ TEST_CASE("HistoryFeature pools each list's items and their fill; gradients reac
   CHECK_THROWS_WITH(f->set_weight(torch::zeros({5, 3})), Catch::Contains("expected [6, 3]"));
 }
 
+TEST_CASE("mean_bag: embedding_bag's mean, with a sparse gradient of one row per item", "[history][nn]") {
+  torch::manual_seed(8);
+  const auto table = torch::randn({7, 5}, torch::requires_grad());
+  // Bags: {3, 1, 3}, {}, {6}, {1, 1, 0, 2}: repeats within a bag and across bags, an empty bag.
+  const auto ids = i64({3, 1, 3, 6, 1, 1, 0, 2});
+  const auto counts = i64({3, 0, 1, 4});
+  const auto upstream = torch::randn({4, 5});
+  const auto pooled = rectrain::detail::mean_bag(table, ids, counts);
+  (pooled * upstream).sum().backward();
+  const auto grad = table.grad();
+  // The reference: embedding_bag with a dense gradient.
+  const auto reference_table = table.detach().clone().requires_grad_(true);
+  const auto reference = torch::nn::functional::embedding_bag(
+      ids, reference_table, torch::nn::functional::EmbeddingBagFuncOptions().offsets(i64({0, 3, 3, 4})).mode(torch::kMean));
+  (reference * upstream).sum().backward();
+  CHECK(torch::equal(pooled.detach(), reference.detach()));
+  REQUIRE(grad.is_sparse());
+  // Each item once, in order (4 and 5 unused). AccumulateGrad rewraps the
+  // tensor and drops its coalesced flag; SparseAdam checks the order itself.
+  CHECK(torch::equal(grad._indices(), i64({0, 1, 2, 3, 6}).view({1, 5})));
+  CHECK(torch::allclose(grad.to_dense(), reference_table.grad(), 1e-6, 1e-6));
+  CHECK(torch::allclose(grad.to_dense()[3], upstream[0] * (2.0F / 3)));  // twice in a bag of 3
+  CHECK_THROWS_WITH(rectrain::detail::mean_bag(table, ids, i64({3, 0, 1, 3})), Catch::Contains("sum to the 8 ids"));
+  CHECK_THROWS_WITH(rectrain::detail::mean_bag(table.to(torch::kFloat64), ids, counts), Catch::Contains("float32"));
+  // HistoryFeature with sparse(true) pools through it: the same outputs and gradients as sparse(false).
+  HistoryFeature sparse(HistoryFeatureOptions(30, 4).lists(4).window(5).query(true).sparse(true));
+  HistoryFeature dense(HistoryFeatureOptions(30, 4).lists(4).window(5).query(true));
+  dense->set_weight(sparse->weight.detach());
+  const auto column = torch::randint(-1, 30, {3, 2, 5, 5}, torch::kInt64);
+  const auto a = sparse(column), b = dense(column);
+  CHECK(torch::equal(a, b));
+  a.pow(2).sum().backward();
+  b.pow(2).sum().backward();
+  REQUIRE(sparse->weight.grad().is_sparse());
+  CHECK(torch::allclose(sparse->weight.grad().to_dense(), dense->weight.grad(), 1e-5, 1e-6));
+}
+
 TEST_CASE("CrossNetwork computes x_{l+1} = x0 * (W x_l + b) + x_l; gradients, clone, save and load", "[history][nn]") {
   torch::manual_seed(4);
   for (const int64_t rank : {int64_t{0}, int64_t{2}}) {

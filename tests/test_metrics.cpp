@@ -94,6 +94,8 @@ TEST_CASE("gauc_per_user gives each user's AUC, by user id; gauc is their mean",
   CHECK(per.values[1] == Approx(2.0 / 3.0));      // user 7: 0.9 > 0.1 and 0.95 > 0.1 right, 0.9 < 0.95 wrong
   CHECK(std::isnan(per.values[2]));               // user 9: one view
   CHECK(gauc(users, targets, scores).value == Approx(1.0 / 3.0));
+  CHECK(per.mean().value == gauc(users, targets, scores).value);
+  CHECK(per.mean().users == 2);  // user 9 is undefined
 }
 
 TEST_CASE("paired_bootstrap: the users' mean difference and its percentile interval", "[metrics]") {

@@ -54,18 +54,20 @@ int run_eval(const std::string& candidates, const std::string& predictions, cons
   const auto c = read_csv(candidates, {{"user_id", CsvType::Id}, {"item_id", CsvType::Id},
                                        {"target", CsvType::Integer, true, -1, 1}});
   const auto scores = match_predictions(predictions, c["user_id"], c["item_id"]);
-  const auto m = gauc(c["user_id"], c["target"], scores);
+  // The per-user AUCs once per file: GAUC is their mean, and the bootstrap draws from them.
+  const auto per_user = gauc_per_user(c["user_id"], c["target"], scores);
+  const auto m = per_user.mean();
   if (m.users == 0)
     throw Error("eval: GAUC is undefined: no user of " + candidates + " has two different targets (GAUC averages AUC "
                 "over users with both a better and a worse candidate)");
   say("GAUC %.6f users %lld\n", m.value, m.users);
   if (against.empty()) return 0;
-  const auto other = match_predictions(against, c["user_id"], c["item_id"]);
+  const auto other = gauc_per_user(c["user_id"], c["target"], match_predictions(against, c["user_id"], c["item_id"]));
   const auto options = PairedBootstrapOptions().resamples(resamples).seed(seed);
-  const auto d = paired_gauc_difference(c["user_id"], c["target"], scores, other, options);
+  const auto d = paired_bootstrap(per_user.values, other.values, options);
   say("against %s: GAUC %.6f, difference %+.6f, %.0f%% interval [%+.6f, %+.6f], above 0 in %.1f%% of resamples "
       "(paired bootstrap over %lld users, %lld resamples, seed %llu)\n",
-      against.c_str(), gauc(c["user_id"], c["target"], other).value, d.difference, 100 * options.confidence(), d.low,
+      against.c_str(), other.mean().value, d.difference, 100 * options.confidence(), d.low,
       d.high, 100 * d.share_above, static_cast<long long>(d.users), static_cast<long long>(resamples),
       static_cast<unsigned long long>(seed));
   return 0;

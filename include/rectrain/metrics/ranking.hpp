@@ -142,6 +142,8 @@ inline double auc(const torch::Tensor& scores, const torch::Tensor& targets) {
 struct PerUserMetric {
   torch::Tensor users;
   std::vector<double> values;
+  /// The mean over the users whose value is defined: for gauc_per_user, gauc().
+  GroupMetric mean() const { return detail::mean_of_defined(values); }
 };
 
 /// gauc()'s per-user terms; gauc() is their mean over the defined ones.
@@ -180,7 +182,7 @@ inline PerUserMetric gauc_per_user(const torch::Tensor& users, const torch::Tens
 /// long, on any device; users may be raw ids or dense indices.
 inline GroupMetric gauc(const torch::Tensor& users, const torch::Tensor& targets,
                        const torch::Tensor& scores) {
-  return detail::mean_of_defined(gauc_per_user(users, targets, scores).values);
+  return gauc_per_user(users, targets, scores).mean();
 }
 
 /// The users gauc() would count: those with two different targets (a

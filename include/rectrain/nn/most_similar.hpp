@@ -10,6 +10,9 @@
 #include <rectrain/core/cpu_isa.hpp>
 #include <rectrain/core/simd.hpp>
 
+#include <ATen/Parallel.h>
+#include <torch/torch.h>
+
 #include <cstdint>
 #include <limits>
 
@@ -96,6 +99,32 @@ using MostSimilarKernel = void (*)(const MostSimilarArgs&, int64_t, int64_t);
 
 inline MostSimilarKernel most_similar_for(CpuIsa isa) {
   return RECTRAIN_KERNEL_FOR(isa, &most_similar_generic, &most_similar_avx2, &most_similar_avx512);
+}
+
+/// The search on CPU tensors, with the kernel of cpu_isa(): `table` [items,
+/// dim] and `query` [rows, dim] float32, `ids` [rows, lists, window] int64
+/// rows of `table`, `valid` bool of the same shape. Returns [rows, lists]
+/// int64, -1 for an empty list. The caller has checked shapes and ids.
+inline torch::Tensor most_similar(const torch::Tensor& table, const torch::Tensor& query, const torch::Tensor& ids,
+                                  const torch::Tensor& valid) {
+  const auto t = table.to(torch::kFloat32).contiguous();
+  const auto q = query.to(torch::kFloat32).contiguous();
+  const auto id = ids.contiguous();
+  const auto ok = valid.contiguous();
+  const int64_t rows = ids.size(0);
+  auto out = torch::full({rows, ids.size(1)}, -1, torch::kInt64);
+  MostSimilarArgs args;
+  args.table = t.data_ptr<float>();
+  args.query = q.data_ptr<float>();
+  args.ids = id.data_ptr<int64_t>();
+  args.valid = ok.data_ptr<bool>();
+  args.out = out.data_ptr<int64_t>();
+  args.lists = ids.size(1);
+  args.window = ids.size(2);
+  args.dim = t.size(1);
+  const auto kernel = most_similar_for(cpu_isa());
+  at::parallel_for(0, rows, 64, [&](int64_t begin, int64_t end) { kernel(args, begin, end); });
+  return out;
 }
 
 } // namespace detail
