@@ -37,7 +37,6 @@
 #include <rectrain/nn/mean_bag.hpp>
 #include <rectrain/nn/most_similar.hpp>
 
-#include <ATen/Parallel.h>
 #include <torch/torch.h>
 
 #include <cmath>
